@@ -1,0 +1,42 @@
+# lpr_sweep: `make sweep` runs the default sweep, `make test` runs the tests; both set up first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_ROOT ?= $(or $(LPR_DATA_ROOT),../shared/data/lprnet)
+export LPR_DATA_ROOT := $(abspath $(DATA_ROOT))
+SWEEP ?= prune.scope=global,layer prune.ratio=0.0,0.1,0.5,0.7,0.9
+
+.PHONY: help setup data sweep test bench ui clean
+
+help: ## list targets
+	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU torch build first: anything that asks for plain torch would pull a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv with the pinned packages
+
+data: setup ## verify the data root's SHA256SUMS (LPR_DATA_ROOT, default ../shared/data/lprnet)
+	@$(PY) -m lpr_sweep.download --check
+
+sweep: data ## run the default sweep (override with SWEEP="key=a,b ...")
+	$(PY) -m lpr_sweep -m $(SWEEP)
+	$(PY) -m lpr_sweep.best
+
+test: data ## run the test suite
+	$(PY) -m pytest -q
+
+bench: data ## print torch eager vs ONNX Runtime, baseline and pruned, one process
+	$(PY) -m lpr_sweep.bench
+
+ui: setup ## serve the MLflow UI on http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlruns --host 127.0.0.1 --port 5000
+
+clean: ## remove run outputs (keeps .venv)
+	rm -rf multirun outputs mlruns mlflow.db

@@ -1,0 +1,82 @@
+"""The typed schema behind conf/: each stage owns its group's dataclass, this file assembles them.
+
+Types are checked when Hydra composes (``prune.ratio=abc`` fails there); ranges are checked by each
+dataclass's ``__post_init__`` in ``validate``, before a trial does any work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lpr_sweep import ConfigError
+from lpr_sweep.benchmark import BenchmarkConfig
+from lpr_sweep.data import DataConfig
+from lpr_sweep.evaluate import EvaluateConfig
+from lpr_sweep.hardware import HardwareConfig
+from lpr_sweep.model import ModelConfig
+from lpr_sweep.prune import PruneConfig
+from lpr_sweep.runtime import RuntimeConfig
+from lpr_sweep.tracking import TrackingConfig
+
+SCHEMA = "lpr_sweep_schema"
+
+
+@dataclass
+class OptimizationConfig:
+    name: str = "baseline"  # the preset's name, used for run names and the report
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def register() -> None:
+    ConfigStore.instance().store(name=SCHEMA, node=Config)
+
+
+def validate(cfg: DictConfig) -> Config:
+    """Typed config with every range checked, or a one-line ConfigError."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+
+
+
+class ValidateSweep(Callback):
+    """Compose and validate every job of a multirun before the first one starts.
+
+    Without it, ``-m prune.ratio=0.1,0.5,1.5`` would spend two trials before refusing the third.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra import compose
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None):
+            for overrides in batch:
+                try:
+                    validate(compose(config.hydra.job.config_name, overrides=overrides))
+                except ConfigError as e:
+                    raise ConfigError(f"{' '.join(overrides)}: {e}") from None
+
+
+register()

@@ -1,0 +1,149 @@
+"""LPRNet (Zherzdev & Gruzdev, 2018, arXiv:1806.10447) as published by sirius-ai/LPRNet_Pytorch.
+
+Two deliberate departures from upstream, neither of which changes the state dict keys:
+- Upstream pools with ``nn.MaxPool3d((1,3,3), stride=(s,1,w))`` on 4-D tensors, which PyTorch reads
+  as an unbatched 3-D pool over (C,H,W): it silently subsamples channels by ``s`` and fails on large
+  batches. ``ChannelStridePool`` does the same thing explicitly, exports to ONNX, and matches the
+  upstream outputs bit for bit.
+- Upstream divides each kept feature map by ``mean(f**2)`` over the whole batch tensor, so a plate's
+  prediction depends on its batch mates. ``norm="sample"`` takes the mean per plate instead;
+  ``norm="batch"`` keeps upstream behaviour for reproducing the original protocol.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lpr_sweep import ConfigError
+
+CHARS = (
+    list("京沪津渝冀晋蒙辽吉黑苏浙皖闽赣鲁豫鄂湘粤桂琼川贵云藏陕甘青宁新")
+    + list("0123456789")
+    + list("ABCDEFGHJKLMNPQRSTUVWXYZIO")
+    + ["-"]
+)
+BLANK = len(CHARS) - 1  # CTC blank is the last class
+INPUT_HW = (24, 94)
+NORMS = ("sample", "batch")
+
+# Indices in ``backbone`` whose outputs feed the global context, and how each is pooled to 4x18.
+_KEEP = (2, 6, 13, 22)
+_CONTEXT_POOL = {
+    0: dict(kernel_size=5, stride=5),
+    1: dict(kernel_size=5, stride=5),
+    2: dict(kernel_size=(4, 10), stride=(4, 2)),
+}
+
+
+class ChannelStridePool(nn.Module):
+    """Keep every ``channel_stride``-th channel, then 3x3 max-pool with stride (1, ``w_stride``)."""
+
+    def __init__(self, channel_stride: int, w_stride: int):
+        super().__init__()
+        self.channel_stride = channel_stride
+        self.pool = nn.MaxPool2d(3, stride=(1, w_stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channel_stride > 1:
+            x = x[:, :: self.channel_stride]
+        return self.pool(x)
+
+
+class SmallBasicBlock(nn.Module):
+    def __init__(self, ch_in: int, ch_out: int):
+        super().__init__()
+        mid = ch_out // 4
+        self.block = nn.Sequential(
+            nn.Conv2d(ch_in, mid, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv2d(mid, mid, kernel_size=(3, 1), padding=(1, 0)),
+            nn.ReLU(),
+            nn.Conv2d(mid, mid, kernel_size=(1, 3), padding=(0, 1)),
+            nn.ReLU(),
+            nn.Conv2d(mid, ch_out, kernel_size=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class LPRNet(nn.Module):
+    def __init__(self, class_num: int = len(CHARS), dropout: float = 0.5, norm: str = "sample"):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"model.norm={norm!r} is not one of {NORMS}; pick one of them")
+        self.norm = norm
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=3, stride=1),  # 0
+            nn.BatchNorm2d(64),
+            nn.ReLU(),  # 2: context
+            ChannelStridePool(1, 1),
+            SmallBasicBlock(64, 128),  # 4
+            nn.BatchNorm2d(128),
+            nn.ReLU(),  # 6: context
+            ChannelStridePool(2, 2),
+            SmallBasicBlock(64, 256),  # 8
+            nn.BatchNorm2d(256),
+            nn.ReLU(),
+            SmallBasicBlock(256, 256),  # 11
+            nn.BatchNorm2d(256),
+            nn.ReLU(),  # 13: context
+            ChannelStridePool(4, 2),
+            nn.Dropout(dropout),
+            nn.Conv2d(64, 256, kernel_size=(1, 4), stride=1),  # 16
+            nn.BatchNorm2d(256),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Conv2d(256, class_num, kernel_size=(13, 1), stride=1),  # 20
+            nn.BatchNorm2d(class_num),
+            nn.ReLU(),  # 22: context
+        )
+        self.context_pools = nn.ModuleList(
+            [nn.AvgPool2d(**_CONTEXT_POOL[i]) if i in _CONTEXT_POOL else nn.Identity() for i in range(4)]
+        )
+        self.container = nn.Sequential(nn.Conv2d(64 + 128 + 256 + class_num, class_num, kernel_size=1))
+
+    def _normalise(self, f: torch.Tensor) -> torch.Tensor:
+        if self.norm == "sample":
+            return f / torch.mean(f * f, dim=(1, 2, 3), keepdim=True)
+        return f / torch.mean(f * f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, 24, 94) normalised BGR -> (N, classes, 18) per-column logits."""
+        kept = []
+        for i, layer in enumerate(self.backbone):
+            x = layer(x)
+            if i in _KEEP:
+                kept.append(x)
+        context = [self._normalise(pool(f)) for pool, f in zip(self.context_pools, kept)]
+        x = self.container(torch.cat(context, dim=1))
+        return torch.mean(x, dim=2)
+
+
+def load(weights: Path, norm: str = "sample") -> LPRNet:
+    """Build LPRNet in eval mode from an upstream state dict (strict keys, tensors only)."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"weights not found: {weights}; run `python -m lpr_sweep.download` or set data.root / LPR_DATA_ROOT"
+        )
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a file that is not a state dict
+        raise ValueError(f"cannot load weights {weights}: {e.__class__.__name__}; re-download the file") from e
+    model = LPRNet(norm=norm)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+@dataclass
+class ModelConfig:
+    weights: str = "weights/Final_LPRNet_model.pth"  # relative to data.root unless absolute
+    norm: str = "sample"  # sample | batch, see the module docstring
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ConfigError(f"model.norm={self.norm!r} is not one of {NORMS}; use model.norm=sample")

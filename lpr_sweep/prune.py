@@ -1,0 +1,55 @@
+"""L1-magnitude unstructured pruning of every Conv2d weight, without fine-tuning.
+
+``scope=layer`` prunes each conv by the same ratio (the original report's method); ``scope=global``
+ranks all conv weights together, so layers with many small weights give up more of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from lpr_sweep import ConfigError
+
+Scope = Enum("Scope", {"layer": "layer", "global": "global"})  # functional form: `global` is a keyword
+
+
+@dataclass
+class PruneConfig:
+    ratio: float = 0.0  # fraction of conv weights zeroed, in [0, 1); 0 leaves the model untouched
+    scope: Scope = Scope["global"]
+
+    def __post_init__(self):
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"prune.ratio={self.ratio} is outside [0, 1); use e.g. prune.ratio=0.5")
+
+
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def run(model: nn.Module, cfg: PruneConfig) -> nn.Module:
+    """Zero the smallest conv weights in place and make it permanent."""
+    if cfg.ratio == 0.0:
+        return model
+    targets = [(m, "weight") for _, m in conv_layers(model)]
+    if cfg.scope is Scope["layer"]:
+        for module, name in targets:
+            torch_prune.l1_unstructured(module, name, amount=cfg.ratio)
+    else:
+        torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured, amount=cfg.ratio)
+    # Folding the masks in drops weight_orig/weight_mask, which would otherwise double the
+    # state dict and break export.
+    for module, name in targets:
+        torch_prune.remove(module, name)
+    return model
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of conv weights that are exactly zero."""
+    weights = [m.weight.detach() for _, m in conv_layers(model)]
+    total = sum(w.numel() for w in weights)
+    return float(sum(int((w == 0).sum()) for w in weights) / total)
