@@ -63,6 +63,7 @@ class ValidateSweep(Callback):
     """Compose and validate every job of a multirun before the first one starts.
 
     Without it, ``-m prune.ratio=0.1,0.5,1.5`` would spend two trials before refusing the third.
+    It exits rather than raises: Hydra turns a callback's exception into a warning and goes on.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -76,7 +77,7 @@ class ValidateSweep(Callback):
                 try:
                     validate(compose(config.hydra.job.config_name, overrides=overrides))
                 except ConfigError as e:
-                    raise ConfigError(f"{' '.join(overrides)}: {e}") from None
+                    raise SystemExit(f"error: job [{' '.join(overrides)}]: {e}") from None
 
 
 register()

@@ -34,10 +34,6 @@ class TrackingConfig:
     experiment: str = "lpr_sweep"
 
 
-class SweepFailed(RuntimeError):
-    pass
-
-
 def tracking_uri(cfg: TrackingConfig) -> str:
     prefix = "sqlite:///"
     if cfg.uri.startswith(prefix) and not cfg.uri[len(prefix) :].startswith("/"):
@@ -154,4 +150,5 @@ class SweepCallback(Callback):
         client.set_terminated(parent, "FAILED" if failed else "FINISHED")
         if failed:
             names = ", ".join(f"{r.info.run_name} ({r.data.tags.get('error', r.info.status)})" for r in failed)
-            raise SweepFailed(f"{len(failed)} of {len(children)} trials failed: {names}")
+            # SystemExit, not an exception: Hydra would turn an exception here into a warning and exit 0.
+            raise SystemExit(f"error: {len(failed)} of {len(children)} trials failed: {names}")

@@ -1,0 +1,67 @@
+"""Shared fixtures: the real data root, tiny synthetic data roots, composed configs, a private MLflow store."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import lpr_sweep.config  # noqa: F401  (registers the schema)
+from lpr_sweep.model import LPRNet
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_ROOT = Path(os.environ.get("LPR_DATA_ROOT", REPO.parent / "shared" / "data" / "lprnet")).resolve()
+PLATES = ["京PL3N67", "川JK0707", "沪AMS087", "浙A6MX97", "粤B12345", "苏E8Z9Q1"]
+
+
+def write_manifest(root: Path) -> None:
+    lines = [
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  ./{p.relative_to(root).as_posix()}\n"
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "SHA256SUMS"
+    ]
+    (root / "SHA256SUMS").write_text("".join(lines), encoding="utf-8")
+
+
+def make_root(root: Path, labels=PLATES, size=(94, 24), weights=True, seed=0) -> Path:
+    """A data root of random images named by ``labels`` and random LPRNet weights."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    for label in labels:
+        ok, buf = cv2.imencode(".jpg", rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+        assert ok
+        (root / "images" / f"{label}.jpg").write_bytes(buf.tobytes())
+    if weights:
+        (root / "weights").mkdir()
+        torch.manual_seed(seed)
+        torch.save(LPRNet().state_dict(), root / "weights" / "Final_LPRNet_model.pth")
+    write_manifest(root)
+    return root
+
+
+@pytest.fixture
+def tiny_root(tmp_path) -> Path:
+    return make_root(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    if not (REAL_ROOT / "SHA256SUMS").is_file():
+        pytest.fail(f"real data not found at {REAL_ROOT}; set LPR_DATA_ROOT")
+    return REAL_ROOT
+
+
+@pytest.fixture
+def store(tmp_path) -> list[str]:
+    """Overrides that send a trial's MLflow records to a private store under tmp_path."""
+    return [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/mlruns"]
+
+
+def compose_cfg(overrides: list[str] = ()):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))

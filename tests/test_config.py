@@ -1,0 +1,74 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from conftest import REPO, compose_cfg
+from lpr_sweep import ConfigError, config
+
+GROUPS = sorted(p.name for p in (REPO / "conf").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [(g, f.stem) for g in GROUPS for f in sorted((REPO / "conf" / g).glob("*.yaml"))],
+)
+def test_every_shipped_yaml_composes_and_validates(group, option):
+    prefix = "+" if group == "experiment" else ""
+    conf = config.validate(compose_cfg([f"{prefix}{group}={option}"]))
+    assert isinstance(conf, config.Config)
+
+
+def test_every_yaml_has_a_comment_line():
+    for path in (REPO / "conf").rglob("*.yaml"):
+        assert path.read_text(encoding="utf-8").lstrip().startswith("#"), path
+
+
+def test_prune_preset_reaches_the_pruning_stage():
+    conf = config.validate(compose_cfg(["optimization=prune"]))
+    assert (conf.prune.ratio, conf.prune.scope.name) == (0.5, "layer")
+    # and a command-line value still wins over the preset
+    assert config.validate(compose_cfg(["optimization=prune", "prune.ratio=0.7"])).prune.ratio == 0.7
+
+
+def test_ratio_out_of_range_is_refused():
+    with pytest.raises(ConfigError, match=r"prune.ratio=1.5 is outside \[0, 1\)"):
+        config.validate(compose_cfg(["prune.ratio=1.5"]))
+
+
+def test_ratio_not_a_number_fails_at_compose():
+    with pytest.raises((ConfigCompositionException, ValidationError), match="abc"):
+        compose_cfg(["prune.ratio=abc"])
+
+
+def test_unknown_scope_fails_at_compose():
+    with pytest.raises((ConfigCompositionException, ValidationError), match="diagonal"):
+        compose_cfg(["prune.scope=diagonal"])
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    store = [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/mlruns"]
+    return subprocess.run(
+        [sys.executable, "-m", "lpr_sweep", *args, *store, f"hydra.sweep.dir={tmp_path}/multirun"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_cli_refuses_bad_ratio_with_one_line(tmp_path):
+    done = _cli(tmp_path, "prune.ratio=1.5")
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: prune.ratio=1.5 is outside [0, 1); use e.g. prune.ratio=0.5"]
+    assert "Traceback" not in done.stderr
+
+
+def test_multirun_validates_every_job_before_the_first(tmp_path):
+    done = _cli(tmp_path, "-m", "prune.ratio=0.1,1.5")
+    assert done.returncode != 0
+    assert "prune.ratio=1.5 is outside [0, 1)" in done.stderr
+    # nothing ran: no trial was exported, no run was recorded
+    assert not list(tmp_path.rglob("model.onnx"))
+    assert "evaluating" not in done.stderr

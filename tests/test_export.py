@@ -1,0 +1,35 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from lpr_sweep import export, prune
+from lpr_sweep.model import LPRNet
+from lpr_sweep.prune import PruneConfig
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    net = prune.run(LPRNet().eval(), PruneConfig(ratio=0.5))
+    return net, export.to_onnx(net, tmp_path_factory.mktemp("onnx") / "m.onnx")
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_onnx_matches_torch_at_any_batch(exported, batch):
+    net, path = exported
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 24, 94)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {export.INPUT_NAME: x})[0]
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_onnx_is_one_checked_file_with_no_3d_pool(exported):
+    _, path = exported
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert not list(path.parent.glob("*.data"))
+    assert "MaxPool" in {n.op_type for n in model.graph.node}
+    assert all(len(a.ints) <= 2 for n in model.graph.node if n.op_type == "MaxPool" for a in n.attribute if a.name == "kernel_shape")

@@ -1,0 +1,85 @@
+"""End to end on the real 1,000 plates: the sweep a user types, the original protocol, a failing trial."""
+import csv
+import io
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO, compose_cfg
+from lpr_sweep import best, data, pipeline, tracking
+
+pytestmark = pytest.mark.slow
+METRICS = {
+    "accuracy", "char_accuracy", "latency_p50_ms", "latency_p90_ms", "latency_mean_ms", "throughput_ips",
+    "size_file_bytes", "size_nonzero_bytes", "size_gzip_bytes", "sparsity",
+}
+FAST = ["benchmark.repeats=20", "benchmark.throughput_repeats=3"]
+
+
+def _sweep(tmp_path, store, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "lpr_sweep", "-m", *args, *store, *FAST, f"hydra.sweep.dir={tmp_path}/multirun"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+
+
+def _children(store_overrides):
+    cfg = tracking.TrackingConfig(uri=store_overrides[0].split("=", 1)[1], artifact_root=store_overrides[1].split("=", 1)[1])
+    exp = tracking.experiment_id(cfg)
+    client = MlflowClient()
+    (parent,) = client.search_runs([exp], f"tags.`{tracking.ROLE_TAG}` = 'sweep'")
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return cfg, parent, sorted(children, key=lambda r: float(r.data.params["prune.ratio"]))
+
+
+def test_three_trial_sweep_lands_in_mlflow(tmp_path, store, real_root):
+    done = _sweep(tmp_path, store, "prune.ratio=0.1,0.5,0.9")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg, parent, children = _children(store)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_trials"] == 3
+    assert [r.info.status for r in children] == ["FINISHED"] * 3
+    assert [r.data.params["prune.ratio"] for r in children] == ["0.1", "0.5", "0.9"]
+
+    _, calib, scored = data.load(data.DataConfig(root=str(real_root)))
+    for run, ratio in zip(children, (0.1, 0.5, 0.9)):
+        assert METRICS <= set(run.data.metrics), METRICS - set(run.data.metrics)
+        m, p = run.data.metrics, run.data.params
+        assert m["sparsity"] == pytest.approx(ratio, abs=1e-3)
+        assert p["protocol.n_scored"] == "900" and p["protocol.n_calib"] == "100"
+        assert p["model.norm"] == "sample" and p["protocol.latency_batch"] == "1" and p["benchmark.warmup"] == "20"
+        assert run.data.tags["git_commit"] and run.data.tags["hw.cpu"]
+        names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+        assert {"model.onnx", "config.yaml", "predictions.csv", "scored_files.txt"} <= names
+        listed = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/scored_files.txt").split()
+        assert listed == scored.files and not set(listed) & set(calib.files)
+        rows = list(csv.DictReader(io.StringIO(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/predictions.csv"))))
+        assert len(rows) == 900
+        assert sum(r["correct"] == "1" for r in rows) / 900 == pytest.approx(m["accuracy"])
+    accuracy = [r.data.metrics["accuracy"] for r in children]
+    assert accuracy[0] > 0.88 and accuracy[1] > 0.88  # global pruning holds up to 0.5 (shared/NOTES.md)
+    sizes = [r.data.metrics["size_nonzero_bytes"] for r in children]
+    assert sizes[0] > sizes[1] > sizes[2]
+    assert best.main(["--tracking-uri", cfg.uri]) == 0
+
+
+def test_original_protocol_gives_the_published_0_900(tmp_path, store):
+    cfg = compose_cfg(["+experiment=original_protocol", *store, *FAST])
+    metrics = pipeline.run(cfg, workdir=tmp_path / "w")
+    assert metrics["accuracy"] == pytest.approx(0.900, abs=1e-9)
+    (run,) = mlflow.search_runs(experiment_names=["lpr_sweep"], output_format="list")
+    assert run.data.params["protocol.n_scored"] == "1000" and run.data.params["model.norm"] == "batch"
+
+
+def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, store):
+    done = _sweep(tmp_path, store, "prune.ratio=0.2,0.3", "model.weights=weights/Final_LPRNet_model.pth,weights/missing.pth")
+    assert done.returncode != 0
+    assert "error: 2 of 4 trials failed" in done.stderr
+    _, parent, children = _children(store)
+    assert parent.info.status == "FAILED"
+    status = sorted((r.data.params["model.weights"], r.info.status) for r in children)
+    assert status == [("weights/Final_LPRNet_model.pth", "FINISHED")] * 2 + [("weights/missing.pth", "FAILED")] * 2
+    failed = [r for r in children if r.info.status == "FAILED"]
+    assert all(r.data.tags["error"].startswith("FileNotFoundError: weights not found") for r in failed)

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from lpr_sweep import ConfigError, prune
+from lpr_sweep.model import LPRNet
+from lpr_sweep.prune import PruneConfig, Scope
+
+
+def _net():
+    torch.manual_seed(0)
+    return LPRNet().eval()
+
+
+def test_layer_scope_prunes_every_conv_by_the_ratio():
+    net = prune.run(_net(), PruneConfig(ratio=0.5, scope=Scope["layer"]))
+    for name, conv in prune.conv_layers(net):
+        zero = float((conv.weight == 0).float().mean())
+        assert zero == pytest.approx(0.5, abs=0.02), name
+
+
+def test_global_scope_reaches_the_ratio_overall_but_not_per_layer():
+    net = prune.run(_net(), PruneConfig(ratio=0.7, scope=Scope["global"]))
+    assert prune.sparsity(net) == pytest.approx(0.7, abs=1e-3)
+    per_layer = [float((c.weight == 0).float().mean()) for _, c in prune.conv_layers(net)]
+    assert max(per_layer) - min(per_layer) > 0.1
+
+
+def test_pruning_is_permanent():
+    net = prune.run(_net(), PruneConfig(ratio=0.3))
+    keys = net.state_dict().keys()
+    assert not [k for k in keys if k.endswith(("weight_orig", "weight_mask"))]
+    assert set(keys) == set(LPRNet().state_dict().keys())
+    assert not any(conv._forward_pre_hooks for _, conv in prune.conv_layers(net))
+
+
+def test_ratio_zero_leaves_the_model_untouched():
+    net, ref = _net(), _net()
+    prune.run(net, PruneConfig(ratio=0.0))
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
+    assert prune.sparsity(net) == 0.0
+
+
+def test_sixteen_convs_are_pruned():
+    assert len(prune.conv_layers(_net())) == 16
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
+def test_ratio_outside_range_is_refused(ratio):
+    with pytest.raises(ConfigError, match=f"prune.ratio={ratio} is outside"):
+        PruneConfig(ratio=ratio)

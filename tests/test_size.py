@@ -1,0 +1,33 @@
+import gzip
+
+import torch
+
+from lpr_sweep import export, prune, size
+from lpr_sweep.model import LPRNet
+from lpr_sweep.prune import PruneConfig
+
+
+def test_sizes_of_a_dense_and_a_pruned_model(tmp_path):
+    torch.manual_seed(0)
+    dense = export.to_onnx(LPRNet().eval(), tmp_path / "dense.onnx")
+    torch.manual_seed(0)
+    sparse = export.to_onnx(prune.run(LPRNet().eval(), PruneConfig(ratio=0.8)), tmp_path / "sparse.onnx")
+    d, s = size.measure(dense, dense), size.measure(sparse, sparse)
+    assert d["size_file_bytes"] == dense.stat().st_size
+    assert d["size_gzip_bytes"] == len(gzip.compress(dense.read_bytes(), compresslevel=9, mtime=0))
+    # unstructured zeros leave the dense file as large, but compress and count away
+    assert abs(s["size_file_bytes"] - d["size_file_bytes"]) < 1000
+    assert s["size_gzip_bytes"] < 0.5 * d["size_gzip_bytes"]
+    assert s["size_nonzero_bytes"] < 0.3 * d["size_nonzero_bytes"]
+    params = sum(p.numel() for p in LPRNet().parameters())
+    assert d["size_nonzero_bytes"] <= params * 4
+
+
+def test_artifact_and_graph_can_differ(tmp_path):
+    torch.manual_seed(0)
+    onnx_path = export.to_onnx(LPRNet().eval(), tmp_path / "m.onnx")
+    other = tmp_path / "m.pt"
+    other.write_bytes(b"0" * 1234)
+    sizes = size.measure(other, onnx_path)
+    assert sizes["size_file_bytes"] == 1234
+    assert sizes["size_nonzero_bytes"] == size.nonzero_bytes(onnx_path)
