@@ -30,7 +30,7 @@ def _run_name(cfg: config.Config) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     overrides = HydraConfig.get().job.override_dirname if HydraConfig.initialized() else ""
-    return f"{cfg.optimization.name} {overrides}".strip()
+    return overrides or cfg.optimization.name
 
 
 def _predictions_csv(plates: data.Plates, result: evaluate.Result) -> str:
@@ -46,7 +46,7 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
     hardware.check(conf.hardware)
     workdir = Path(workdir) if workdir else _workdir()
     workdir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     params = tracking.flatten(resolved)
 
     with tracking.trial(conf.tracking, run_name=_run_name(conf), params=params, parent_run_id=tracking.parent_run_id()):

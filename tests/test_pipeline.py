@@ -49,7 +49,7 @@ def test_three_trial_sweep_lands_in_mlflow(tmp_path, store, real_root):
         m, p = run.data.metrics, run.data.params
         assert m["sparsity"] == pytest.approx(ratio, abs=1e-3)
         assert p["protocol.n_scored"] == "900" and p["protocol.n_calib"] == "100"
-        assert p["model.norm"] == "sample" and p["protocol.latency_batch"] == "1" and p["benchmark.warmup"] == "20"
+        assert p["prune.scope"] == "global" and p["model.norm"] == "sample" and p["protocol.latency_batch"] == "1" and p["benchmark.warmup"] == "20"
         assert run.data.tags["git_commit"] and run.data.tags["hw.cpu"]
         names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
         assert {"model.onnx", "config.yaml", "predictions.csv", "scored_files.txt"} <= names
