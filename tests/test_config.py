@@ -72,3 +72,10 @@ def test_multirun_validates_every_job_before_the_first(tmp_path):
     # nothing ran: no trial was exported, no run was recorded
     assert not list(tmp_path.rglob("model.onnx"))
     assert "evaluating" not in done.stderr
+
+
+def test_cli_refuses_a_missing_data_root_with_one_line(tmp_path):
+    done = _cli(tmp_path, f"data.root={tmp_path}/nowhere")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith(f"error: data root {tmp_path}/nowhere has no SHA256SUMS; set data.root=")
