@@ -32,9 +32,9 @@ def build(overrides: list[str], threads: int, workdir: Path):
     conf = config.validate(compose("config", overrides=[*overrides, f"hardware.threads={threads}"]))
     root = data.resolve_root(conf.data.root)
     net = prune.run(lprnet.load(root / conf.model.weights, conf.model.norm), conf.prune)
-    onnx_path = export.to_onnx(net, workdir / "model.onnx")
-    rts = {n: runtime.build(n, model=net, onnx_path=onnx_path, hardware=conf.hardware, workdir=workdir) for n in RUNTIMES}
-    return conf, rts, onnx_path
+    prepared = runtime.Prepared(net, export.to_onnx(net, workdir / "model.onnx"))
+    rts = {n: runtime.build(n, prepared, conf.hardware, workdir) for n in RUNTIMES}
+    return conf, rts, prepared.path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         for (variant, name, rt), st in zip(rows, stats):
             net_sparsity = prune.sparsity(built[variant][1]["torch"].model)
             acc = evaluate.run(rt, scored, conf.evaluate).accuracy
-            sizes = size.measure(rt.artifact, built[variant][2])
+            sizes = size.measure(rt.artifacts, built[variant][2])
             p50 = st["latency_p50_ms"]
             print(f"| {variant} | {name} | {p50:.2f} | {st['latency_p90_ms']:.2f} | {eager / p50:.2f}x "
                   f"| {base[name] / p50:.2f}x | {acc:.4f} | {net_sparsity:.2f} | {sizes['size_file_bytes']} "

@@ -20,6 +20,7 @@ from lpr_sweep.evaluate import EvaluateConfig
 from lpr_sweep.hardware import HardwareConfig
 from lpr_sweep.model import ModelConfig
 from lpr_sweep.prune import PruneConfig
+from lpr_sweep.quant import QuantConfig, check_pairing
 from lpr_sweep.runtime import RuntimeConfig
 from lpr_sweep.tracking import TrackingConfig
 
@@ -37,11 +38,15 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        check_pairing(self.quant, self.runtime.name, self.data.calib_size)
 
 
 def register() -> None:

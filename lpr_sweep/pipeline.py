@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lpr_sweep import benchmark, config, data, evaluate, export, hardware, prune, runtime, size, tracking
+from lpr_sweep import benchmark, config, data, evaluate, export, hardware, prune, quant, runtime, size, tracking
 from lpr_sweep import model as lprnet
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,39 @@ def _run_name(cfg: config.Config) -> str:
 
 
 def _predictions_csv(plates: data.Plates, result: evaluate.Result) -> str:
+    return _csv([
+        {"file": f, "label": t, "prediction": p, "correct": int(c)}
+        for f, t, p, c in zip(plates.files, plates.labels, result.predictions, result.correct)
+    ])
+
+
+def _quantize(conf, fp32, calib, scored, build, workdir):
+    """Quantize under the accuracy guard; log what it tried. Returns (int8 model, metrics)."""
+    import mlflow
+
+    fp32_accuracy = evaluate.run(build(fp32), scored, conf.evaluate).accuracy
+    guard = quant.run(
+        fp32, calib, scored, conf.quant, build=build, fp32_accuracy=fp32_accuracy,
+        layers=[name for name, _ in prune.conv_layers(fp32.module)], workdir=workdir / "quant",
+        score_cfg=conf.evaluate,
+    )
+    mlflow.log_text(_csv(guard.rows), "quant_candidates.csv")
+    if guard.sensitivity:
+        mlflow.log_text(_csv([{"conv_kept_float": n, "logit_mse": e} for n, e in guard.sensitivity]), "quant_sensitivity.csv")
+    chosen = guard.row
+    mlflow.log_params({"quant.n_calib_used": min(conf.quant.calib_size, len(calib)),
+                       "quant.chosen_method": chosen["method"], "quant.chosen_keep_float": chosen["keep_float"]})
+    mlflow.set_tag("quant_guard", "met" if guard.met else f"not met: best drop {chosen['drop_pts']:.2f} pts > {conf.quant.max_drop}")
+    graph = guard.chosen.module if conf.runtime.name == "torch" else guard.chosen.path
+    return guard.chosen, {"accuracy_fp32": fp32_accuracy, "quant_candidates": len(guard.rows),
+                          "sparsity_int8": size.int8_sparsity(graph)}
+
+
+def _csv(rows: list[dict]) -> str:
     out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["file", "label", "prediction", "correct"])
-    writer.writerows(zip(plates.files, plates.labels, result.predictions, map(int, result.correct)))
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
     return out.getvalue()
 
 
@@ -68,23 +97,29 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
         weights = Path(conf.model.weights)
         net = lprnet.load(weights if weights.is_absolute() else root / weights, conf.model.norm)
         prune.run(net, conf.prune)
-        onnx_path = export.to_onnx(net, workdir / "model.onnx")
-        rt = runtime.build(conf.runtime.name, model=net, onnx_path=onnx_path, hardware=conf.hardware, workdir=workdir)
+        prepared = runtime.Prepared(net, export.to_onnx(net, workdir / "model.onnx"))
+        fp32_onnx = prepared.path
+
+        def build(p: runtime.Prepared) -> runtime.Runtime:
+            return runtime.build(conf.runtime.name, p, conf.hardware, workdir)
+
+        metrics = {"sparsity": prune.sparsity(net)}
+        if conf.quant.backend != "none":
+            prepared, extra = _quantize(conf, prepared, calib, scored, build, workdir)
+            metrics.update(extra)
+        rt = build(prepared)
 
         log.info("evaluating %s on %d scored plates", rt.name, len(scored))
         result = evaluate.run(rt, scored, conf.evaluate)
+        metrics.update(accuracy=result.accuracy, char_accuracy=result.char_accuracy)
+        if "accuracy_fp32" in metrics:
+            metrics["accuracy_drop_pts"] = 100 * (metrics["accuracy_fp32"] - result.accuracy)
         log.info("benchmarking %s: %d warm-up, %d timed calls", rt.name, conf.benchmark.warmup, conf.benchmark.repeats)
-        metrics = {
-            "accuracy": result.accuracy,
-            "char_accuracy": result.char_accuracy,
-            "sparsity": prune.sparsity(net),
-            **benchmark.run(rt, scored, conf.benchmark),
-            **size.measure(rt.artifact, onnx_path),
-        }
+        metrics.update(benchmark.run(rt, scored, conf.benchmark))
+        metrics.update(size.measure(rt.artifacts, prepared.module if rt.name == "torch" else prepared.path))
         mlflow.log_metrics(metrics)
         mlflow.log_text(_predictions_csv(scored, result), "predictions.csv")
-        mlflow.log_artifact(str(onnx_path))
-        if rt.artifact != onnx_path:
-            mlflow.log_artifact(str(rt.artifact))
+        for path in {fp32_onnx, *rt.artifacts}:
+            mlflow.log_artifact(str(path))
     log.info("accuracy %.4f, p50 %.2f ms", metrics["accuracy"], metrics["latency_p50_ms"])
     return metrics

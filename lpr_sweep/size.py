@@ -1,30 +1,78 @@
-"""The one size function: file on disk, gzip of it, and nonzero parameters x bytes each."""
+"""The one size function: files on disk, gzip of them, and nonzero parameters x bytes each."""
 from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+from torch import nn
 
 
-def nonzero_bytes(onnx_path: Path) -> int:
-    """Bytes a sparse format would need for the values: nonzero initializer elements x itemsize."""
+def _onnx_tensors(path: Path) -> Iterator[np.ndarray]:
     import onnx
     from onnx import numpy_helper
 
-    total = 0
-    for init in onnx.load(str(onnx_path)).graph.initializer:
-        values = numpy_helper.to_array(init)
-        if values.dtype != np.int64:  # int64 initializers are shapes and axes, not parameters
-            total += int(np.count_nonzero(values)) * values.dtype.itemsize
-    return total
+    for init in onnx.load(str(path)).graph.initializer:
+        yield numpy_helper.to_array(init)
 
 
-def measure(artifact: Path, onnx_path: Path) -> dict[str, int]:
-    """Sizes of the deployable ``artifact``; nonzero parameters come from the ONNX graph it was built from."""
-    data = Path(artifact).read_bytes()
+def _openvino_tensors(path: Path) -> Iterator[np.ndarray]:
+    import openvino as ov
+
+    for op in ov.Core().read_model(path).get_ops():
+        if op.get_type_name() == "Constant":
+            yield op.get_data()
+
+
+def _torch_tensors(module: nn.Module) -> Iterator[np.ndarray]:
+    """State dict, plus the constants an exported/quantized GraphModule keeps as plain attributes."""
+    import torch
+
+    module = getattr(module, "_orig_mod", module)  # torch.compile wraps the module it compiles
+    seen = {id(t): t for t in module.state_dict().values()}
+    for node in getattr(getattr(module, "graph", None), "nodes", ()):
+        if node.op == "get_attr":
+            value = module
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            if isinstance(value, torch.Tensor):
+                seen.setdefault(id(value), value)
+    for t in seen.values():
+        yield (t.float() if t.dtype == torch.bfloat16 else t).detach().cpu().numpy()
+
+
+def tensors(graph: Path | nn.Module) -> Iterator[np.ndarray]:
+    """The constant tensors of an ONNX file, an OpenVINO IR (.xml) or a PyTorch module."""
+    if isinstance(graph, nn.Module):
+        return _torch_tensors(graph)
+    if Path(graph).suffix == ".xml":
+        return _openvino_tensors(Path(graph))
+    return _onnx_tensors(Path(graph))
+
+
+def nonzero_bytes(graph: Path | nn.Module) -> int:
+    """Bytes a sparse format would need for the values: nonzero parameter elements x itemsize."""
+    # int64 tensors are shapes, axes and indices, not parameters.
+    return sum(int(np.count_nonzero(t)) * t.dtype.itemsize for t in tensors(graph) if t.dtype != np.int64)
+
+
+def int8_sparsity(graph: Path | nn.Module) -> float:
+    """Fraction of zeros among the 4-D int8 tensors (the conv weights) of an int8 graph."""
+    return int8_sparsity_of(tensors(graph))
+
+
+def int8_sparsity_of(arrays) -> float:
+    weights = [t for t in arrays if t.dtype == np.int8 and t.ndim == 4]
+    total = sum(t.size for t in weights)
+    return float(sum(t.size - np.count_nonzero(t) for t in weights) / total) if total else 0.0
+
+
+def measure(artifacts: list[Path], graph: Path | nn.Module) -> dict[str, int]:
+    """Sizes of the deployable files; nonzero parameters come from the graph the runtime runs."""
+    data = b"".join(Path(a).read_bytes() for a in artifacts)
     return {
         "size_file_bytes": len(data),
         "size_gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0)),
-        "size_nonzero_bytes": nonzero_bytes(onnx_path),
+        "size_nonzero_bytes": nonzero_bytes(graph),
     }
