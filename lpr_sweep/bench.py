@@ -1,10 +1,12 @@
-"""``python -m lpr_sweep.bench`` (``make bench``): torch eager vs ONNX Runtime, baseline and pruned.
+"""``python -m lpr_sweep.bench`` (``make bench``): every runtime and optimization, side by side.
 
-Every variant is built first, then timed in interleaved rounds in this one process, so machine
-drift (±30 % here) hits all rows alike. Ratios are against the baseline on each runtime.
+Every row is built first through the same code a trial uses (``pipeline.build``, so int8 rows
+pass the accuracy guard), then all rows are timed in interleaved rounds in this one process, so
+machine drift (±30 % here) hits them alike. Ratios are speed-ups: a row's p50 against the p50 of
+the ORT fp32, OpenVINO fp32 and torch eager baselines measured in the same rounds.
 Protocol: batch 1, ``--threads`` intra-op threads, one real scored plate as input, ``--warmup``
-untimed calls per variant, then ``--rounds`` rounds of ``--calls`` timed calls each.
-Accuracy is on the scored plates only (the calibration split is held out).
+untimed calls per row, then ``--rounds`` rounds of ``--calls`` timed calls each. Accuracy is on
+the scored plates only; the calibration plates (int8 calibration) are never scored.
 """
 from __future__ import annotations
 
@@ -16,25 +18,23 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize
 
-from lpr_sweep import benchmark, config, data, evaluate, export, hardware, prune, runtime, size
-from lpr_sweep import model as lprnet
+from lpr_sweep import benchmark, config, data, evaluate, hardware, pipeline, size
 
-VARIANTS = {  # name -> overrides, on top of the default config
-    "baseline": [],
-    "prune global 0.5": ["prune.ratio=0.5", "prune.scope=global"],
-    "prune layer 0.5": ["optimization=prune"],
+ROWS = {  # row name -> overrides on the default config
+    "torch eager fp32": ["runtime=torch"],
+    "ORT fp32": [],
+    "OpenVINO fp32": ["runtime=openvino"],
+    "ORT int8 (ort_static)": ["quant=ort_static"],
+    "OpenVINO int8 (nncf)": ["quant=nncf", "runtime=openvino"],
+    "OpenVINO int8 (ort_static QDQ)": ["quant=ort_static", "runtime=openvino"],
+    "torch int8 (torch_x86, compiled)": ["quant=torch_x86", "runtime=torch"],
+    "ORT fp32, prune layer 0.5 (report's method)": ["optimization=prune", "prune.scope=layer"],
+    "torch eager fp32, prune global 0.5": ["optimization=prune", "runtime=torch"],
+    "ORT fp32, prune global 0.5": ["optimization=prune"],
+    "ORT int8, prune global 0.5": ["optimization=prune", "quant=ort_static"],
+    "OpenVINO int8, prune global 0.5 (prune_quant)": ["optimization=prune_quant"],
 }
-RUNTIMES = ("torch", "onnxruntime")
-
-
-def build(overrides: list[str], threads: int, workdir: Path):
-    """(config, runtimes by name, onnx path) for one variant."""
-    conf = config.validate(compose("config", overrides=[*overrides, f"hardware.threads={threads}"]))
-    root = data.resolve_root(conf.data.root)
-    net = prune.run(lprnet.load(root / conf.model.weights, conf.model.norm), conf.prune)
-    prepared = runtime.Prepared(net, export.to_onnx(net, workdir / "model.onnx"))
-    rts = {n: runtime.build(n, prepared, conf.hardware, workdir) for n in RUNTIMES}
-    return conf, rts, prepared.path
+BASELINES = ("ORT fp32", "OpenVINO fp32", "torch eager fp32")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,39 +42,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=40, help="timed calls per variant per round")
+    parser.add_argument("--calls", type=int, default=40, help="timed calls per row per round")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
+                        help="a subset of rows (the baselines are always measured)")
     args = parser.parse_args(argv)
+    names = [*BASELINES, *(r for r in args.rows if r not in BASELINES)]
 
     with initialize(config_path="../conf", version_base="1.3"), tempfile.TemporaryDirectory() as tmp:
-        built = {name: build(o, args.threads, Path(tmp) / str(i)) for i, (name, o) in enumerate(VARIANTS.items())}
-        conf = next(iter(built.values()))[0]
-        _, _, scored = data.load(conf.data)
+        confs = {n: config.validate(compose("config", overrides=[*ROWS[n], f"hardware.threads={args.threads}"])) for n in names}
+        root, calib, scored = data.load(confs["ORT fp32"].data)
+        built = {n: pipeline.build(confs[n], root, calib, scored, Path(tmp) / str(i)) for i, n in enumerate(names)}
         x = benchmark.inputs(scored, 1)
-        rows = [(v, n, rt) for v, (_, rts, _) in built.items() for n, rt in rts.items()]
-        times: dict[int, list[np.ndarray]] = {i: [] for i in range(len(rows))}
-        for i, (_, _, rt) in enumerate(rows):
-            benchmark.time_calls(rt, x, args.warmup, 1)
+        for b in built.values():
+            benchmark.time_calls(b.runtime, x, args.warmup, 1)
+        times: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for _ in range(args.rounds):
-            for i, (_, _, rt) in enumerate(rows):
-                times[i].append(benchmark.time_calls(rt, x, 0, args.calls))
-        stats = [benchmark.summarize(np.concatenate(times[i])) for i in range(len(rows))]
-        base = {n: stats[i]["latency_p50_ms"] for i, (v, n, _) in enumerate(rows) if v == "baseline"}
-        eager = base["torch"]
+            for n in names:
+                times[n].append(benchmark.time_calls(built[n].runtime, x, 0, args.calls))
+        stats = {n: benchmark.summarize(np.concatenate(times[n])) for n in names}
+        accuracy = {n: evaluate.run(built[n].runtime, scored, confs[n].evaluate).accuracy for n in names}
 
-        print(f"# make bench: {hardware.fingerprint()['hw.cpu']}, {args.threads} threads, batch 1, "
-              f"{args.warmup} warm-up + {args.rounds}x{args.calls} interleaved timed calls per row; "
-              f"accuracy on {len(scored)} scored plates (calibration split of {conf.data.calib_size} held out)")
-        print("| variant | runtime | p50 ms | p90 ms | speed-up vs torch eager baseline | speed-up vs same-runtime baseline "
-              "| accuracy | sparsity | file bytes | nonzero bytes |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for (variant, name, rt), st in zip(rows, stats):
-            net_sparsity = prune.sparsity(built[variant][1]["torch"].model)
-            acc = evaluate.run(rt, scored, conf.evaluate).accuracy
-            sizes = size.measure(rt.artifacts, built[variant][2])
-            p50 = st["latency_p50_ms"]
-            print(f"| {variant} | {name} | {p50:.2f} | {st['latency_p90_ms']:.2f} | {eager / p50:.2f}x "
-                  f"| {base[name] / p50:.2f}x | {acc:.4f} | {net_sparsity:.2f} | {sizes['size_file_bytes']} "
-                  f"| {sizes['size_nonzero_bytes']} |")
+        print(f"# make bench: {hardware.fingerprint()['hw.cpu']} ({hardware.fingerprint()['hw.isa']}), "
+              f"{args.threads} threads, batch 1, {args.warmup} warm-up + {args.rounds}x{args.calls} interleaved "
+              f"timed calls per row; accuracy on {len(scored)} scored plates, drop in points against ORT fp32; "
+              f"int8 calibrated on {confs['ORT fp32'].data.calib_size} held-out plates")
+        print("| row | p50 ms | p90 ms | vs ORT fp32 | vs OpenVINO fp32 | vs torch eager | accuracy | drop pts "
+              "| int8 guard | file bytes | nonzero bytes | gzip bytes |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+        for n in names:
+            b, p50 = built[n], stats[n]["latency_p50_ms"]
+            sizes = size.measure(b.runtime.artifacts, pipeline.graph_of(b))
+            ratios = " | ".join(f"{stats[base]['latency_p50_ms'] / p50:.2f}x" for base in BASELINES)
+            guard = "-" if b.guard is None else f"{b.guard.row['method']}, float: {b.guard.row['keep_float']}" + ("" if b.guard.met else " (NOT met)")
+            print(f"| {n} | {p50:.2f} | {stats[n]['latency_p90_ms']:.2f} | {ratios} | {accuracy[n]:.4f} "
+                  f"| {100 * (accuracy['ORT fp32'] - accuracy[n]):.2f} | {guard} | {sizes['size_file_bytes']} "
+                  f"| {sizes['size_nonzero_bytes']} | {sizes['size_gzip_bytes']} |")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""One trial, top to bottom: data -> model -> prune -> export -> runtime -> evaluate -> benchmark -> size.
+"""One trial, top to bottom: data -> model -> prune -> export -> quant -> runtime -> evaluate -> benchmark -> size.
 
 ``run(cfg)`` is what ``python -m lpr_sweep`` calls per trial and what tests call directly.
 """
@@ -8,7 +8,10 @@ import csv
 import io
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,26 +43,58 @@ def _predictions_csv(plates: data.Plates, result: evaluate.Result) -> str:
     ])
 
 
-def _quantize(conf, fp32, calib, scored, build, workdir):
-    """Quantize under the accuracy guard; log what it tried. Returns (int8 model, metrics)."""
+@dataclass
+class Built:
+    """A trial's model, ready to measure."""
+
+    runtime: runtime.Runtime
+    prepared: runtime.Prepared
+    fp32_onnx: Path
+    sparsity: float
+    guard: quant.Guard | None = None
+    fp32_accuracy: float | None = None
+
+
+def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plates, workdir: Path) -> Built:
+    """Load, prune, export and (under the accuracy guard) quantize; return the runtime to measure."""
+    weights = Path(conf.model.weights)
+    net = lprnet.load(weights if weights.is_absolute() else root / weights, conf.model.norm)
+    prune.run(net, conf.prune)
+    prepared = runtime.Prepared(net, export.to_onnx(net, workdir / "model.onnx"))
+
+    def on_runtime(p: runtime.Prepared) -> runtime.Runtime:
+        return runtime.build(conf.runtime.name, p, conf.hardware, workdir)
+
+    built = Built(on_runtime(prepared), prepared, prepared.path, prune.sparsity(net))
+    if conf.quant.backend != "none":
+        built.fp32_accuracy = evaluate.run(built.runtime, scored, conf.evaluate).accuracy
+        built.guard = quant.run(
+            prepared, calib, scored, conf.quant, build=on_runtime, fp32_accuracy=built.fp32_accuracy,
+            layers=[name for name, _ in prune.conv_layers(net)], workdir=workdir / "quant", score_cfg=conf.evaluate,
+        )
+        built.prepared = built.guard.chosen
+        built.runtime = on_runtime(built.prepared)
+    return built
+
+
+def graph_of(built: Built) -> Path | torch.nn.Module:
+    """What size and sparsity are counted on: the module torch runs, or the file other runtimes load."""
+    return built.prepared.module if built.runtime.name == "torch" else built.prepared.path
+
+
+def _log_quant(conf: config.Config, built: Built, n_calib: int) -> dict[str, float]:
     import mlflow
 
-    fp32_accuracy = evaluate.run(build(fp32), scored, conf.evaluate).accuracy
-    guard = quant.run(
-        fp32, calib, scored, conf.quant, build=build, fp32_accuracy=fp32_accuracy,
-        layers=[name for name, _ in prune.conv_layers(fp32.module)], workdir=workdir / "quant",
-        score_cfg=conf.evaluate,
-    )
+    guard = built.guard
     mlflow.log_text(_csv(guard.rows), "quant_candidates.csv")
     if guard.sensitivity:
         mlflow.log_text(_csv([{"conv_kept_float": n, "logit_mse": e} for n, e in guard.sensitivity]), "quant_sensitivity.csv")
-    chosen = guard.row
-    mlflow.log_params({"quant.n_calib_used": min(conf.quant.calib_size, len(calib)),
-                       "quant.chosen_method": chosen["method"], "quant.chosen_keep_float": chosen["keep_float"]})
-    mlflow.set_tag("quant_guard", "met" if guard.met else f"not met: best drop {chosen['drop_pts']:.2f} pts > {conf.quant.max_drop}")
-    graph = guard.chosen.module if conf.runtime.name == "torch" else guard.chosen.path
-    return guard.chosen, {"accuracy_fp32": fp32_accuracy, "quant_candidates": len(guard.rows),
-                          "sparsity_int8": size.int8_sparsity(graph)}
+    mlflow.log_params({"quant.n_calib_used": min(conf.quant.calib_size, n_calib),
+                       "quant.chosen_method": guard.row["method"], "quant.chosen_keep_float": guard.row["keep_float"]})
+    verdict = "met" if guard.met else f"not met: best drop {guard.row['drop_pts']:.2f} pts > {conf.quant.max_drop}"
+    mlflow.set_tag("quant_guard", verdict)
+    return {"accuracy_fp32": built.fp32_accuracy, "quant_candidates": len(guard.rows),
+            "sparsity_int8": size.int8_sparsity(graph_of(built))}
 
 
 def _csv(rows: list[dict]) -> str:
@@ -94,20 +129,11 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
         mlflow.log_text("\n".join(scored.files) + "\n", "scored_files.txt")
         mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
 
-        weights = Path(conf.model.weights)
-        net = lprnet.load(weights if weights.is_absolute() else root / weights, conf.model.norm)
-        prune.run(net, conf.prune)
-        prepared = runtime.Prepared(net, export.to_onnx(net, workdir / "model.onnx"))
-        fp32_onnx = prepared.path
-
-        def build(p: runtime.Prepared) -> runtime.Runtime:
-            return runtime.build(conf.runtime.name, p, conf.hardware, workdir)
-
-        metrics = {"sparsity": prune.sparsity(net)}
-        if conf.quant.backend != "none":
-            prepared, extra = _quantize(conf, prepared, calib, scored, build, workdir)
-            metrics.update(extra)
-        rt = build(prepared)
+        built = build(conf, root, calib, scored, workdir)
+        rt = built.runtime
+        metrics = {"sparsity": built.sparsity}
+        if built.guard:
+            metrics.update(_log_quant(conf, built, len(calib)))
 
         log.info("evaluating %s on %d scored plates", rt.name, len(scored))
         result = evaluate.run(rt, scored, conf.evaluate)
@@ -116,10 +142,10 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
             metrics["accuracy_drop_pts"] = 100 * (metrics["accuracy_fp32"] - result.accuracy)
         log.info("benchmarking %s: %d warm-up, %d timed calls", rt.name, conf.benchmark.warmup, conf.benchmark.repeats)
         metrics.update(benchmark.run(rt, scored, conf.benchmark))
-        metrics.update(size.measure(rt.artifacts, prepared.module if rt.name == "torch" else prepared.path))
+        metrics.update(size.measure(rt.artifacts, graph_of(built)))
         mlflow.log_metrics(metrics)
         mlflow.log_text(_predictions_csv(scored, result), "predictions.csv")
-        for path in {fp32_onnx, *rt.artifacts}:
+        for path in {built.fp32_onnx, *rt.artifacts}:
             mlflow.log_artifact(str(path))
     log.info("accuracy %.4f, p50 %.2f ms", metrics["accuracy"], metrics["latency_p50_ms"])
     return metrics

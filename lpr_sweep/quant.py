@@ -15,6 +15,8 @@ ones): for each conv, how much the logit error against fp32 falls when only that
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -114,16 +116,18 @@ def _ort_static(fp32: Prepared, calib: np.ndarray, method: str, keep: list[str],
     pre = out / "model_pre.onnx"
     quant_pre_process(fp32.path, pre)
     path = out / "model_int8.onnx"
-    quantize_static(
-        str(pre), str(path), Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                          "percentile": CalibrationMethod.Percentile}[method],
-        nodes_to_exclude=_onnx_conv_nodes(pre, keep),
-    )
+    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[method]
+    with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print a banner per call
+        quantize_static(
+            str(pre), str(path), Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=calibrate,
+            nodes_to_exclude=_onnx_conv_nodes(pre, keep),
+        )
     return Prepared(fp32.module, path)
 
 
@@ -141,13 +145,14 @@ def _nncf(fp32: Prepared, calib: np.ndarray, method: str, keep: list[str], cfg: 
     ]
     estimators = {"minmax": RangeEstimatorParametersSet.MINMAX, "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE}
     advanced = AdvancedQuantizationParameters(activations_range_estimator_params=estimators[method]) if method in estimators else None
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset([calib[i : i + 1] for i in range(len(calib))]),
-        subset_size=len(calib),
-        ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
-        advanced_parameters=advanced,
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # a progress bar per call, on stdout
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset([calib[i : i + 1] for i in range(len(calib))]),
+            subset_size=len(calib),
+            ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
+            advanced_parameters=advanced,
+        )
     path = out / "model_int8.xml"
     ov.save_model(quantized, str(path), compress_to_fp16=False)
     return Prepared(fp32.module, path)
@@ -161,6 +166,9 @@ def _torch_x86(fp32: Prepared, calib: np.ndarray, method: str, keep: list[str], 
     # A CPU-only install cannot load torchao's CUDA kernels; it says so once per import, harmlessly.
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torchao.kernel.intmm").setLevel(logging.ERROR)
+    # torchao 0.18 registers an Enum as a pytree constant at import, which torch 2.13 logs as
+    # deprecated; nothing we call is deprecated, and the flow itself is the supported PT2E one.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     from torchao.quantization.pt2e.observer import MinMaxObserver
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq

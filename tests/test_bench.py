@@ -5,14 +5,16 @@ from lpr_sweep import bench
 pytestmark = pytest.mark.slow
 
 
-def test_bench_prints_one_row_per_variant_and_runtime(capsys):
-    assert bench.main(["--warmup", "1", "--rounds", "2", "--calls", "2", "--threads", "1"]) == 0
+def test_bench_prints_one_row_each_with_ratios_to_every_baseline(capsys):
+    rows = ["OpenVINO int8 (nncf)", "ORT fp32, prune global 0.5"]
+    assert bench.main(["--warmup", "1", "--rounds", "2", "--calls", "2", "--threads", "1", "--rows", *rows]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("# make bench:") and "1 threads, batch 1" in out[0]
-    rows = [line.split(" | ") for line in out if line.startswith("| ") and "---" not in line][1:]
-    assert [(r[0].lstrip("| "), r[1]) for r in rows] == [(v, n) for v in bench.VARIANTS for n in bench.RUNTIMES]
-    baseline = {r[1]: r for r in rows if r[0] == "| baseline"}
-    assert baseline["torch"][4] == "1.00x" and baseline["onnxruntime"][5] == "1.00x"
-    sparsity = {r[0].lstrip("| "): float(r[7]) for r in rows}
-    assert sparsity["baseline"] == 0.0 and sparsity["prune global 0.5"] == pytest.approx(0.5, abs=0.01)
-    assert sparsity["prune layer 0.5"] == pytest.approx(0.5, abs=0.01)
+    assert out[0].startswith("# make bench:") and "1 threads, batch 1" in out[0]  # nothing printed before
+    table = [line.strip("| ").split(" | ") for line in out if line.startswith("| ") and "---" not in line][1:]
+    assert [r[0] for r in table] == [*bench.BASELINES, *rows]
+    by_name = {r[0]: r for r in table}
+    assert by_name["ORT fp32"][3] == "1.00x" and by_name["OpenVINO fp32"][4] == "1.00x"
+    assert by_name["torch eager fp32"][5] == "1.00x" and by_name["ORT fp32"][7] == "0.00"
+    assert by_name["OpenVINO int8 (nncf)"][8].startswith("default, float: -")
+    assert float(by_name["OpenVINO int8 (nncf)"][7]) <= 1.0
+    assert int(by_name["OpenVINO int8 (nncf)"][9]) < int(by_name["ORT fp32"][9])

@@ -83,3 +83,23 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, store):
     assert status == [("weights/Final_LPRNet_model.pth", "FINISHED")] * 2 + [("weights/missing.pth", "FAILED")] * 2
     failed = [r for r in children if r.info.status == "FAILED"]
     assert all(r.data.tags["error"].startswith("FileNotFoundError: weights not found") for r in failed)
+
+
+def test_quant_presets_meet_their_accuracy_targets(tmp_path, store):
+    """optimization=quant loses <= 1.0 point, prune_quant (global 0.5) <= 2.0, both against unpruned fp32."""
+    q = pipeline.run(compose_cfg(["optimization=quant", *store, *FAST]), workdir=tmp_path / "q")
+    pq = pipeline.run(compose_cfg(["optimization=prune_quant", *store, *FAST]), workdir=tmp_path / "pq")
+    baseline = q["accuracy_fp32"]  # the unpruned fp32 model on the same scored plates
+    assert q["accuracy_drop_pts"] == pytest.approx(100 * (baseline - q["accuracy"]))
+    assert 100 * (baseline - q["accuracy"]) <= 1.0
+    assert 100 * (baseline - pq["accuracy"]) <= 2.0
+    assert pq["sparsity_int8"] >= 0.5  # the pruned zeros survive quantization
+    assert q["size_file_bytes"] < 0.5 * 1_846_558  # int8 IR (xml + bin) against the fp32 ONNX file
+
+    runs = {r.data.params["optimization.name"]: r for r in mlflow.search_runs(experiment_names=["lpr_sweep"], output_format="list")}
+    for name in ("quant", "prune_quant"):
+        run = runs[name]
+        assert run.data.tags["quant_guard"] == "met"
+        assert run.data.params["quant.n_calib_used"] == "100" and run.data.params["quant.backend"] == "nncf"
+        names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+        assert {"quant_candidates.csv", "model_int8.xml", "model_int8.bin", "model.onnx"} <= names
