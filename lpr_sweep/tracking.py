@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent_run_id"
 ROLE_TAG = "lpr_sweep.role"  # "sweep" for parents, "trial" for children
 _REPO = Path(__file__).resolve().parents[1]
-_VERSIONED = ("torch", "onnxruntime", "onnx", "apache-tvm", "mlflow", "hydra-core", "numpy")
+_VERSIONED = ("torch", "onnxruntime", "onnx", "apache-tvm", "openvino", "nncf", "torchao", "mlflow", "hydra-core", "numpy")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from conftest import REPO, compose_cfg
-from lpr_sweep import ConfigError, config
+from lpr_sweep import ConfigError, config, quant
 
 GROUPS = sorted(p.name for p in (REPO / "conf").iterdir() if p.is_dir())
 
@@ -18,7 +18,10 @@ GROUPS = sorted(p.name for p in (REPO / "conf").iterdir() if p.is_dir())
 )
 def test_every_shipped_yaml_composes_and_validates(group, option):
     prefix = "+" if group == "experiment" else ""
-    conf = config.validate(compose_cfg([f"{prefix}{group}={option}"]))
+    overrides = [f"{prefix}{group}={option}"]
+    if group == "quant" and option != "none":
+        overrides.append(f"runtime={quant.RUNTIMES[option][0]}")  # each backend names the runtime it needs
+    conf = config.validate(compose_cfg(overrides))
     assert isinstance(conf, config.Config)
 
 
@@ -29,7 +32,7 @@ def test_every_yaml_has_a_comment_line():
 
 def test_prune_preset_reaches_the_pruning_stage():
     conf = config.validate(compose_cfg(["optimization=prune"]))
-    assert (conf.prune.ratio, conf.prune.scope.name) == (0.5, "layer")
+    assert (conf.prune.ratio, conf.prune.scope.name) == (0.5, "global")
     # and a command-line value still wins over the preset
     assert config.validate(compose_cfg(["optimization=prune", "prune.ratio=0.7"])).prune.ratio == 0.7
 

@@ -5,18 +5,19 @@ import pytest
 import torch
 
 from conftest import compose_cfg
-from lpr_sweep import ConfigError, config, evaluate, export, quant, runtime, size
+from lpr_sweep import ConfigError, config, evaluate, export, prune, quant, runtime, size
 from lpr_sweep.data import Plates, encode
 from lpr_sweep.hardware import HardwareConfig
 from lpr_sweep.model import BLANK, CHARS, LPRNet
+from lpr_sweep.prune import PruneConfig
 from lpr_sweep.quant import QuantConfig
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A randomly initialised LPRNet, its ONNX file, and 20 random calibration inputs."""
+    """A randomly initialised LPRNet pruned to 60 %, its ONNX file, and 20 random calibration inputs."""
     torch.manual_seed(0)
-    net = LPRNet().eval()
+    net = prune.run(LPRNet().eval(), PruneConfig(ratio=0.6))
     workdir = tmp_path_factory.mktemp("quant")
     calib = np.random.default_rng(0).standard_normal((20, 3, 24, 94)).astype(np.float32)
     return runtime.Prepared(net, export.to_onnx(net, workdir / "fp32.onnx")), calib, workdir
@@ -37,6 +38,7 @@ def test_every_backend_and_method_yields_an_int8_model_close_to_fp32(tiny, tmp_p
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.95
     graph = int8.module if runtime_name == "torch" else int8.path
     assert any(t.dtype == np.int8 and t.ndim == 4 for t in size.tensors(graph)), "no int8 conv weights"
+    assert size.int8_sparsity(graph) >= 0.6 - 1e-3  # the pruned zeros survive quantization
 
 
 def test_keep_float_leaves_that_conv_unquantized(tiny, tmp_path):
