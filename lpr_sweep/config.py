@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lpr_sweep import ConfigError
 from lpr_sweep.benchmark import BenchmarkConfig
+from lpr_sweep.compile import CompileConfig
 from lpr_sweep.data import DataConfig
 from lpr_sweep.evaluate import EvaluateConfig
 from lpr_sweep.hardware import HardwareConfig
@@ -39,6 +40,7 @@ class Config:
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    compile: CompileConfig = field(default_factory=CompileConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -47,6 +49,11 @@ class Config:
 
     def __post_init__(self):
         check_pairing(self.quant, self.runtime.name, self.data.calib_size)
+        if self.runtime.name == "tvm":
+            if self.model.norm == "batch":
+                raise ConfigError("runtime=tvm compiles a batch-1 library, so model.norm=batch cannot see the batch; use model.norm=sample")
+            if self.hardware.device != "cpu":
+                raise ConfigError(f"runtime=tvm with hardware={self.hardware.device}: this TVM wheel has no CUDA; use hardware=cpu")
 
 
 def register() -> None:

@@ -8,14 +8,14 @@ import csv
 import io
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from omegaconf import DictConfig, OmegaConf
 
-from lpr_sweep import benchmark, config, data, evaluate, export, hardware, prune, quant, runtime, size, tracking
+from lpr_sweep import benchmark, compile, config, data, evaluate, export, hardware, prune, quant, runtime, size, tracking
 from lpr_sweep import model as lprnet
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Built:
     sparsity: float
     guard: quant.Guard | None = None
     fp32_accuracy: float | None = None
+    compile_stats: dict[str, float] = field(default_factory=dict)
 
 
 def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plates, workdir: Path) -> Built:
@@ -62,10 +63,15 @@ def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plat
     prune.run(net, conf.prune)
     prepared = runtime.Prepared(net, export.to_onnx(net, workdir / "model.onnx"))
 
+    compile_stats: dict[str, float] = {}
+
     def on_runtime(p: runtime.Prepared) -> runtime.Runtime:
+        if conf.runtime.name == "tvm":  # TVM runs what the compile stage builds from the ONNX file
+            p, stats = compile.run(p, conf.compile, conf.hardware, workdir)
+            compile_stats.update(stats)
         return runtime.build(conf.runtime.name, p, conf.hardware, workdir)
 
-    built = Built(on_runtime(prepared), prepared, prepared.path, prune.sparsity(net))
+    built = Built(on_runtime(prepared), prepared, prepared.path, prune.sparsity(net), compile_stats=compile_stats)
     if conf.quant.backend != "none":
         built.fp32_accuracy = evaluate.run(built.runtime, scored, conf.evaluate).accuracy
         built.guard = quant.run(
@@ -131,7 +137,7 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
 
         built = build(conf, root, calib, scored, workdir)
         rt = built.runtime
-        metrics = {"sparsity": built.sparsity}
+        metrics = {"sparsity": built.sparsity, **built.compile_stats}
         if built.guard:
             metrics.update(_log_quant(conf, built, len(calib)))
 

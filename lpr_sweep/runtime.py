@@ -1,7 +1,7 @@
 """Runtimes run a prepared model on a batch of plates and name the deployable file they run.
 
-A runtime is registered under the name the ``runtime`` config group uses; adding one (TVM)
-is one class here or in its own module, with no central if/elif to edit.
+A runtime is registered under the name the ``runtime`` config group uses; adding one is one class
+here or in its own module, with no central if/elif to edit.
 """
 from __future__ import annotations
 
@@ -142,3 +142,36 @@ class OpenVinoRuntime:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         # share_inputs avoids a copy per call; the caller does not touch the batch meanwhile.
         return self.request.infer({0: batch}, share_inputs=True)[0]
+
+
+@register("tvm")
+class TvmRuntime:
+    """The Relax VM on a library from the compile stage. The library is batch 1 (tuning needs static
+    shapes), so a larger batch runs plate by plate."""
+
+    name = "tvm"
+
+    def __init__(self, prepared: Prepared, hardware: hw.HardwareConfig, workdir: Path):
+        import os
+
+        if prepared.path.suffix != ".so":
+            raise ConfigError(f"runtime=tvm runs a library built by the compile stage, not {prepared.path.name}")
+        # TVM sizes its thread pool from this variable when the runtime first starts.
+        os.environ["TVM_NUM_THREADS"] = str(hw.threads(hardware))
+        import tvm
+        from tvm import relax
+
+        from lpr_sweep.compile import params_file
+
+        self._tensor = tvm.runtime.tensor
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(prepared.path)), tvm.cpu())
+        weights = params_file(prepared.path)
+        self.params = []
+        if weights.is_file():  # compile.cpu_weight_prepack: rewrite the weight layouts once, here
+            with np.load(weights) as npz:
+                originals = [self._tensor(npz[f"arr_{i}"]) for i in range(len(npz.files))]
+            self.params = list(self.vm["main_transform_params"](originals))
+        self.artifacts = [prepared.path] + ([weights] if weights.is_file() else [])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.vm["main"](self._tensor(batch[i : i + 1]), *self.params).numpy() for i in range(len(batch))])

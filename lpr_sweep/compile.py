@@ -1,0 +1,268 @@
+"""TVM compilation with MetaSchedule auto-tuning (the original report's "MLC" step, on Relax).
+
+ONNX -> Relax (batch 1, static shapes) -> legalize and fuse -> tune the chosen tasks with
+MetaSchedule -> apply the tuning database -> build a shared library run by the Relax VM.
+
+The tuning database is keyed by the graph (its structure, not its weight values), the target, the
+TVM version and the budget, and lives in a user cache: every pruning ratio shares one database, so
+only the first trial of a sweep pays for tuning. A file lock serialises trials that would tune the
+same key; a database is tuned in a temporary folder and renamed into place only when complete.
+
+Two traps on this machine (shared/NOTES.md) are handled here: builder workers need ~35 s to start,
+so the builder timeout is a config value well above that, and a tuning run in which no candidate
+built raises with the builder's message instead of silently measuring nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lpr_sweep import ConfigError
+from lpr_sweep import hardware as hw
+from lpr_sweep.model import INPUT_HW
+from lpr_sweep.runtime import Prepared
+
+log = logging.getLogger(__name__)
+TARGET_FILE = "target.json"
+
+
+@dataclass
+class CompileConfig:
+    target: str = "auto"  # auto: LLVM for this host's CPU; else a JSON target, e.g. {"kind":"llvm","mcpu":"znver4"}
+    total_trials: int = 512  # 0 compiles with TVM's default schedules (no tuning)
+    trials_per_task: int = 16
+    trials_per_iter: int = 16  # candidates built per batch: each batch pays the builder's start-up
+    tasks: list[str] = field(default_factory=list)  # op names to tune, e.g. [conv2d]; [] = every task
+    builder_timeout_s: float = 300.0  # builder workers take ~35 s to import TVM's intrinsics here
+    database: str = "auto"  # auto: a folder per key under the cache; or a path to reuse a database
+    cache_dir: str = "auto"  # auto: $XDG_CACHE_HOME/lpr_sweep/tvm
+    cpu_weight_prepack: bool = False  # rewrite weight layouts for the tuned kernels, once at load time
+
+    def __post_init__(self):
+        for key in ("total_trials", "trials_per_task", "trials_per_iter"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"compile.{key}={getattr(self, key)} is negative; use 0 (no tuning) or more")
+        if self.trials_per_iter == 0 or self.trials_per_task == 0:
+            raise ConfigError("compile.trials_per_task and compile.trials_per_iter must be >= 1")
+        if self.builder_timeout_s <= 0:
+            raise ConfigError(f"compile.builder_timeout_s={self.builder_timeout_s} must be positive")
+
+
+def target_of(cfg: CompileConfig, threads: int):
+    """The TVM target: the configured JSON dict, or LLVM for this CPU, with num-cores from hardware."""
+    import tvm
+    from tvm.target import codegen
+
+    if cfg.target == "auto":
+        spec = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}
+    else:
+        try:
+            spec = json.loads(cfg.target)
+            if not isinstance(spec, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise ConfigError(
+                f"compile.target={cfg.target!r} is not a JSON target ({e}); "
+                """write it like '{"kind": "llvm", "mcpu": "znver4"}' or use auto"""
+            ) from None
+    spec["num-cores"] = threads
+    try:
+        return tvm.target.Target(spec)
+    except Exception as e:  # TVM raises its own error types for unknown kinds and options
+        raise ConfigError(f"compile.target={cfg.target!r}: TVM cannot parse it ({str(e).splitlines()[-1]})") from None
+
+
+def _relax_module(onnx_path: Path):
+    """Batch-1 Relax module with the weights as function parameters, and their values by name."""
+    import onnx
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(onnx.load(str(onnx_path)), shape_dict={"input": [1, 3, *INPUT_HW]}, keep_params_in_input=True)
+    mod, params = relax.frontend.detach_params(mod)
+    names = [p.name for p in mod["main"].params[1:]]
+    return mod, dict(zip(names, params["main"]))
+
+
+def _fused(mod, target, prepack: bool):
+    import tvm
+    from tvm import relax
+    from tvm.relax import transform
+
+    with target:
+        return tvm.transform.Sequential([
+            transform.DecomposeOpsForInference(),
+            transform.CanonicalizeBindings(),
+            relax.get_pipeline("zero"),
+            *([transform.AttachAttrLayoutFreeBuffers()] if prepack else []),
+        ])(mod)
+
+
+def key_of(fused, target, cfg: CompileConfig) -> str:
+    import tvm
+
+    text = "\n".join([fused.script(show_meta=False), str(target), tvm.__version__,
+                      json.dumps([cfg.total_trials, cfg.trials_per_task, sorted(cfg.tasks), cfg.cpu_weight_prepack])])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def cache_root(cfg: CompileConfig) -> Path:
+    if cfg.cache_dir != "auto":
+        return Path(cfg.cache_dir).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lpr_sweep" / "tvm"
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _progress_builder(cfg: CompileConfig, threads: int, budget: int):
+    """TVM's LocalBuilder, wrapped to log progress per batch and keep the errors of failed builds."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import LocalBuilder, PyBuilder
+
+    inner = LocalBuilder(max_workers=threads, timeout_sec=cfg.builder_timeout_s)
+    batches = -(-budget // cfg.trials_per_iter)
+
+    @derived_object
+    class ProgressBuilder(PyBuilder):
+        def __init__(self):
+            super().__init__()
+            self.t0, self.batches, self.done, self.built, self.errors, self.dead_batches = time.perf_counter(), 0, 0, 0, [], 0
+
+        def build(self, build_inputs):
+            results = inner.build(build_inputs)
+            ok = sum(r.error_msg is None for r in results)
+            self.batches, self.done, self.built = self.batches + 1, self.done + len(results), self.built + ok
+            if results and not ok:
+                self.dead_batches += 1
+                self.errors.append(str(results[0].error_msg).strip().splitlines()[-1])
+                log.error("tune: all %d candidates of batch %d failed to build: %s", len(results), self.batches, self.errors[-1])
+            elapsed = time.perf_counter() - self.t0
+            log.info("tune: batch %d/~%d, %d/%d trials (%d built), %.0f s elapsed, ~%.0f s left", self.batches, batches,
+                     self.done, budget, self.built, elapsed, elapsed / self.done * max(budget - self.done, 0))
+            return results
+
+    return ProgressBuilder()
+
+
+def tune(fused, target, cfg: CompileConfig, work_dir: Path, threads: int) -> dict[str, float]:
+    """Tune ``fused`` into ``work_dir``; raise when nothing could be measured."""
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = ms.relax_integration.extract_tasks(fused, target)
+    chosen = [t for t in tasks if not cfg.tasks or any(op in t.task_name for op in cfg.tasks)]
+    budget = min(cfg.total_trials, cfg.trials_per_task * len(chosen))
+    log.info("tune: %d of %d tasks (%s), budget %d trials, %d per task", len(chosen), len(tasks),
+             ", ".join(cfg.tasks) or "all", budget, cfg.trials_per_task)
+    progress = _progress_builder(cfg, threads, budget)
+    t0 = time.perf_counter()
+    database = ms.relax_integration.tune_relax(
+        fused, {}, target, str(work_dir), max_trials_global=cfg.total_trials, max_trials_per_task=cfg.trials_per_task,
+        op_names=cfg.tasks or None, num_trials_per_iter=cfg.trials_per_iter,
+        builder=progress,
+    )
+    valid = [r for r in database.get_all_tuning_records() if r.run_secs and np.isfinite(float(r.run_secs[0])) and float(r.run_secs[0]) < 1e9]
+    if progress.done and not valid:
+        raise RuntimeError(
+            f"TVM tuning measured nothing: {progress.done} candidates, {progress.built} built, none ran; "
+            f"builder said: {progress.errors[0] if progress.errors else 'no error reported'}; "
+            "raise compile.builder_timeout_s or check the target"
+        )
+    return {"tune_trials_run": progress.done, "tune_seconds": time.perf_counter() - t0,
+            "tune_tasks": len(chosen), "tune_tasks_total": len(tasks), "tune_failed_batches": progress.dead_batches}
+
+
+def database_for(fused, target, cfg: CompileConfig, threads: int) -> tuple[Path | None, dict[str, float]]:
+    """The tuning database for this graph and target, tuned now if no trial tuned it before."""
+    if cfg.database == "auto" and cfg.total_trials == 0:
+        return None, {"tune_db_hit": 0, "tune_trials_run": 0, "tune_seconds": 0.0}
+    if cfg.database != "auto":
+        path = Path(cfg.database).expanduser()
+        _check_target(path, target)
+        return path, {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
+    root = cache_root(cfg)
+    path = root / key_of(fused, target, cfg)
+    with _locked(root / f"{path.name}.lock"):
+        if (path / TARGET_FILE).is_file():
+            _check_target(path, target)
+            log.info("tune: reusing database %s", path)
+            return path, {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
+        work = Path(tempfile.mkdtemp(prefix=f"{path.name}.", dir=root))
+        try:
+            stats = tune(fused, target, cfg, work, threads)
+            (work / TARGET_FILE).write_text(json.dumps(target.export(), sort_keys=True, default=str))
+            work.rename(path)  # atomic: a reader never sees a half-written database
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return path, {"tune_db_hit": 0, **stats}
+
+
+def _check_target(path: Path, target) -> None:
+    recorded = path / TARGET_FILE
+    if not recorded.is_file():
+        raise ConfigError(f"compile.database={path} is not a lpr_sweep tuning database (no {TARGET_FILE}); use auto")
+    want = json.loads(json.dumps(target.export(), sort_keys=True, default=str))
+    have = json.loads(recorded.read_text())
+    if have != want:
+        raise ConfigError(
+            f"tuning database {path} was tuned for target {have.get('mcpu', have.get('kind'))} "
+            f"(num-cores {have.get('num-cores')}), not {want.get('mcpu', want.get('kind'))} "
+            f"(num-cores {want.get('num-cores')}); it is never applied to another target: use compile.database=auto"
+        )
+
+
+def run(prepared: Prepared, cfg: CompileConfig, hardware: hw.HardwareConfig, workdir: Path) -> tuple[Prepared, dict[str, float]]:
+    """Compile ``prepared.path`` (ONNX) into ``workdir/model_tvm.so``; return it and the tuning metrics."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import transform
+    if prepared.path.suffix != ".onnx":
+        raise ConfigError(f"runtime=tvm compiles ONNX; it cannot take {prepared.path.name}")
+    threads = hw.threads(hardware)
+    target = target_of(cfg, threads)
+    mod, params = _relax_module(prepared.path)
+    if not cfg.cpu_weight_prepack:
+        mod = relax.transform.BindParams("main", params)(mod)  # weights become constants in the library
+    # TVM's ONNX importer turns QDQ pairs into quantize/dequantize around fp32 ops: an int8 QDQ graph
+    # runs, but without int8 kernels. The metric says so in the run.
+    qdq = "R.dequantize" in mod.script(show_meta=False)
+    fused = _fused(mod, target, cfg.cpu_weight_prepack)
+    db_path, stats = database_for(fused, target, cfg, threads)
+    if qdq:
+        log.warning("runtime=tvm on an int8 QDQ graph: TVM runs it as fp32 with quantize/dequantize, no int8 kernels")
+        stats["tvm_qdq_as_fp32"] = 1
+    apply = [transform.MetaScheduleApplyDatabase(str(db_path))] if db_path else []
+    post = [transform.SplitLayoutRewritePreproc(), transform.LiftTransformParams(), transform.FoldConstant()]
+    with target:
+        final = tvm.transform.Sequential([*apply, *(post if cfg.cpu_weight_prepack else [])])(fused)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    library = Path(workdir) / "model_tvm.so"
+    tvm.compile(final, target=target).export_library(str(library))
+    if cfg.cpu_weight_prepack:
+        # The library takes the weights as inputs and rewrites their layout once at load time
+        # (main_transform_params); ship the originals beside it, in parameter order.
+        np.savez(params_file(library), *[p.numpy() for p in params.values()])
+    return Prepared(prepared.module, library), stats
+
+
+def params_file(library: Path) -> Path:
+    return library.with_name(library.stem + "_params.npz")

@@ -1,0 +1,97 @@
+"""TVM on a tiny ONNX model with a tiny tuning budget: compile, correctness, database reuse, bad input."""
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from lpr_sweep import ConfigError, compile, export, runtime
+from lpr_sweep.compile import CompileConfig
+from lpr_sweep.hardware import HardwareConfig
+
+pytestmark = pytest.mark.slow
+HW = HardwareConfig(threads=2)
+
+
+class Tiny(nn.Module):
+    """LPRNet's input and output shapes, one conv, one pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x)).mean(dim=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    net = Tiny().eval()
+    path = export.to_onnx(net, tmp_path_factory.mktemp("tiny") / "tiny.onnx")
+    return runtime.Prepared(net, path)
+
+
+def _cfg(tmp_path, **kw):
+    return CompileConfig(**{"total_trials": 2, "trials_per_task": 2, "trials_per_iter": 2, "tasks": ["conv2d"],
+                            "cache_dir": str(tmp_path / "cache"), **kw})
+
+
+def _check_matches_ort(prepared, compiled):
+    x = np.random.default_rng(0).standard_normal((3, 3, 24, 94)).astype(np.float32)
+    want = ort.InferenceSession(str(prepared.path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    got = runtime.build("tvm", compiled, HW, compiled.path.parent)(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_tuned_compile_matches_ort_and_reuses_its_database(tiny_onnx, tmp_path):
+    cfg = _cfg(tmp_path)
+    first, stats = compile.run(tiny_onnx, cfg, HW, tmp_path)
+    assert stats["tune_db_hit"] == 0 and stats["tune_trials_run"] == 2 and stats["tune_failed_batches"] == 0
+    _check_matches_ort(tiny_onnx, first)
+    (database,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert (database / "database_tuning_record.json").stat().st_size > 0
+    second, again = compile.run(tiny_onnx, cfg, HW, tmp_path / "again")
+    assert again == {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
+    _check_matches_ort(tiny_onnx, second)
+
+
+def test_untuned_and_prepacked_builds_match_ort(tiny_onnx, tmp_path):
+    for prepack in (False, True):
+        out = tmp_path / str(prepack)
+        out.mkdir()
+        compiled, stats = compile.run(tiny_onnx, _cfg(tmp_path, total_trials=0, cpu_weight_prepack=prepack), HW, out)
+        assert stats["tune_trials_run"] == 0
+        _check_matches_ort(tiny_onnx, compiled)
+        rt = runtime.build("tvm", compiled, HW, out)
+        assert [p.suffix for p in rt.artifacts] == [".so", ".npz"][: 1 + prepack]
+
+
+def test_a_tuning_run_that_builds_nothing_raises_with_the_builders_message(tiny_onnx, tmp_path):
+    with pytest.raises(RuntimeError, match=r"TVM tuning measured nothing: 2 candidates, 0 built.*builder said: .*[Tt]imeout"):
+        compile.run(tiny_onnx, _cfg(tmp_path, builder_timeout_s=0.01), HW, tmp_path)
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # no half database left behind
+
+
+def test_a_database_from_another_target_is_never_applied(tiny_onnx, tmp_path):
+    compile.run(tiny_onnx, _cfg(tmp_path), HW, tmp_path)
+    (database,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    recorded = json.loads((database / compile.TARGET_FILE).read_text())
+    (database / compile.TARGET_FILE).write_text(json.dumps({**recorded, "mcpu": "cascadelake"}))
+    with pytest.raises(ConfigError, match="was tuned for target cascadelake .* never applied to another target"):
+        compile.run(tiny_onnx, _cfg(tmp_path, database=str(database)), HW, tmp_path)
+
+
+def test_an_unparsable_target_is_refused(tiny_onnx, tmp_path):
+    with pytest.raises(ConfigError, match="is not a JSON target"):
+        compile.run(tiny_onnx, _cfg(tmp_path, target="llvm -mcpu=znver4"), HW, tmp_path)
+    with pytest.raises(ConfigError, match="TVM cannot parse it"):
+        compile.run(tiny_onnx, _cfg(tmp_path, target='{"kind": "no-such-kind"}'), HW, tmp_path)
+
+
+@pytest.mark.parametrize("key", ["total_trials", "trials_per_task", "trials_per_iter"])
+def test_a_negative_budget_is_refused(key):
+    with pytest.raises(ConfigError, match=f"compile.{key}=-1 is negative"):
+        CompileConfig(**{key: -1})
