@@ -6,7 +6,8 @@ machine drift (±30 % here) hits them alike. Ratios are speed-ups: a row's p50 a
 the ORT fp32, OpenVINO fp32 and torch eager baselines measured in the same rounds.
 Protocol: batch 1, ``--threads`` intra-op threads, one real scored plate as input, ``--warmup``
 untimed calls per row, then ``--rounds`` rounds of ``--calls`` timed calls each. Accuracy is on
-the scored plates only; the calibration plates (int8 calibration) are never scored.
+the scored plates only; the calibration plates (int8 calibration) are never scored. The TVM rows
+tune once per graph and target (about 20 minutes here) and reuse the database afterwards.
 """
 from __future__ import annotations
 
@@ -28,11 +29,14 @@ ROWS = {  # row name -> overrides on the default config
     "OpenVINO int8 (nncf)": ["quant=nncf", "runtime=openvino"],
     "OpenVINO int8 (ort_static QDQ)": ["quant=ort_static", "runtime=openvino"],
     "torch int8 (torch_x86, compiled)": ["quant=torch_x86", "runtime=torch"],
+    "TVM fp32, untuned": ["runtime=tvm", "compile=untuned"],
+    "TVM fp32, tuned (mlc, default budget)": ["optimization=mlc"],
     "ORT fp32, prune layer 0.5 (report's method)": ["optimization=prune", "prune.scope=layer"],
     "torch eager fp32, prune global 0.5": ["optimization=prune", "runtime=torch"],
     "ORT fp32, prune global 0.5": ["optimization=prune"],
     "ORT int8, prune global 0.5": ["optimization=prune", "quant=ort_static"],
     "OpenVINO int8, prune global 0.5 (prune_quant)": ["optimization=prune_quant"],
+    "TVM fp32, prune global 0.5 (prune_mlc)": ["optimization=prune_mlc"],
 }
 BASELINES = ("ORT fp32", "OpenVINO fp32", "torch eager fp32")
 

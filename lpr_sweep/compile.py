@@ -177,8 +177,7 @@ def tune(fused, target, cfg: CompileConfig, work_dir: Path, threads: int) -> dic
     t0 = time.perf_counter()
     database = ms.relax_integration.tune_relax(
         fused, {}, target, str(work_dir), max_trials_global=cfg.total_trials, max_trials_per_task=cfg.trials_per_task,
-        op_names=cfg.tasks or None, num_trials_per_iter=cfg.trials_per_iter,
-        builder=progress,
+        op_names=cfg.tasks or None, num_trials_per_iter=cfg.trials_per_iter, builder=progress,
     )
     valid = [r for r in database.get_all_tuning_records() if r.run_secs and np.isfinite(float(r.run_secs[0])) and float(r.run_secs[0]) < 1e9]
     if progress.done and not valid:
@@ -209,19 +208,23 @@ def database_for(fused, target, cfg: CompileConfig, threads: int) -> tuple[Path 
         work = Path(tempfile.mkdtemp(prefix=f"{path.name}.", dir=root))
         try:
             stats = tune(fused, target, cfg, work, threads)
-            (work / TARGET_FILE).write_text(json.dumps(target.export(), sort_keys=True, default=str))
+            (work / TARGET_FILE).write_text(json.dumps(_target_record(target), sort_keys=True))
             work.rename(path)  # atomic: a reader never sees a half-written database
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return path, {"tune_db_hit": 0, **stats}
 
 
+def _target_record(target) -> dict:
+    """The target as plain JSON values (TVM returns its own map and string types)."""
+    return json.loads(json.dumps({str(k): v for k, v in target.export().items()}, default=str))
+
+
 def _check_target(path: Path, target) -> None:
     recorded = path / TARGET_FILE
     if not recorded.is_file():
         raise ConfigError(f"compile.database={path} is not a lpr_sweep tuning database (no {TARGET_FILE}); use auto")
-    want = json.loads(json.dumps(target.export(), sort_keys=True, default=str))
-    have = json.loads(recorded.read_text())
+    want, have = _target_record(target), json.loads(recorded.read_text())
     if have != want:
         raise ConfigError(
             f"tuning database {path} was tuned for target {have.get('mcpu', have.get('kind'))} "
@@ -235,6 +238,7 @@ def run(prepared: Prepared, cfg: CompileConfig, hardware: hw.HardwareConfig, wor
     import tvm
     from tvm import relax
     from tvm.relax import transform
+
     if prepared.path.suffix != ".onnx":
         raise ConfigError(f"runtime=tvm compiles ONNX; it cannot take {prepared.path.name}")
     threads = hw.threads(hardware)
@@ -250,9 +254,9 @@ def run(prepared: Prepared, cfg: CompileConfig, hardware: hw.HardwareConfig, wor
     if qdq:
         log.warning("runtime=tvm on an int8 QDQ graph: TVM runs it as fp32 with quantize/dequantize, no int8 kernels")
         stats["tvm_qdq_as_fp32"] = 1
-    apply = [transform.MetaScheduleApplyDatabase(str(db_path))] if db_path else []
-    post = [transform.SplitLayoutRewritePreproc(), transform.LiftTransformParams(), transform.FoldConstant()]
-    with target:
+    with target:  # the passes read the target when they are constructed
+        apply = [transform.MetaScheduleApplyDatabase(str(db_path))] if db_path else []
+        post = [transform.SplitLayoutRewritePreproc(), transform.LiftTransformParams(), transform.FoldConstant()]
         final = tvm.transform.Sequential([*apply, *(post if cfg.cpu_weight_prepack else [])])(fused)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     library = Path(workdir) / "model_tvm.so"

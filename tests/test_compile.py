@@ -70,7 +70,7 @@ def test_untuned_and_prepacked_builds_match_ort(tiny_onnx, tmp_path):
 
 
 def test_a_tuning_run_that_builds_nothing_raises_with_the_builders_message(tiny_onnx, tmp_path):
-    with pytest.raises(RuntimeError, match=r"TVM tuning measured nothing: 2 candidates, 0 built.*builder said: .*[Tt]imeout"):
+    with pytest.raises(RuntimeError, match=r"TVM tuning measured nothing: 2 candidates, 0 built, none ran; builder said: \S"):
         compile.run(tiny_onnx, _cfg(tmp_path, builder_timeout_s=0.01), HW, tmp_path)
     assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # no half database left behind
 

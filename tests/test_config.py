@@ -82,3 +82,19 @@ def test_cli_refuses_a_missing_data_root_with_one_line(tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
     assert line.startswith(f"error: data root {tmp_path}/nowhere has no SHA256SUMS; set data.root=")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["runtime=tvm", "model.norm=batch"], "runtime=tvm compiles a batch-1 library"),
+    (["runtime=tvm", "hardware=cuda"], "runtime=tvm with hardware=cuda"),
+    (["optimization=mlc", "compile.total_trials=-5"], "compile.total_trials=-5 is negative"),
+])
+def test_impossible_tvm_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config.validate(compose_cfg(overrides))
+
+
+def test_mlc_presets_share_shapes_and_differ_only_in_pruning():
+    mlc, prune_mlc = (config.validate(compose_cfg([f"optimization={o}"])) for o in ("mlc", "prune_mlc"))
+    assert mlc.runtime.name == prune_mlc.runtime.name == "tvm" and mlc.compile == prune_mlc.compile
+    assert (mlc.prune.ratio, prune_mlc.prune.ratio) == (0.0, 0.5)
