@@ -22,7 +22,8 @@ def _build(name, net, onnx_path, workdir, **hw):
 def test_torch_and_onnxruntime_agree(net_and_onnx):
     net, onnx_path, workdir = net_and_onnx
     x = np.random.default_rng(0).standard_normal((3, 3, 24, 94)).astype(np.float32)
-    outs = {n: _build(n, net, onnx_path, workdir, threads=1)(x) for n in runtime.names()}
+    # tvm runs a compiled library, not the ONNX file: test_compile checks it against ORT
+    outs = {n: _build(n, net, onnx_path, workdir, threads=1)(x) for n in runtime.names() if n != "tvm"}
     assert set(outs) == {"torch", "onnxruntime", "openvino"}
     for name, out in outs.items():
         np.testing.assert_allclose(out, outs["torch"], rtol=1e-3, atol=1e-3, err_msg=name)
@@ -38,7 +39,7 @@ def test_each_runtime_names_its_deployable_file(net_and_onnx):
 
 def test_unknown_runtime_lists_the_choices(net_and_onnx):
     net, onnx_path, workdir = net_and_onnx
-    with pytest.raises(ConfigError, match=r"runtime='tensorrt' is unknown; choose one of \['onnxruntime', 'openvino', 'torch'\]"):
+    with pytest.raises(ConfigError, match=r"runtime='tensorrt' is unknown; choose one of \['onnxruntime', 'openvino', 'torch', 'tvm'\]"):
         _build("tensorrt", net, onnx_path, workdir)
 
 
