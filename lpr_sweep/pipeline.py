@@ -64,11 +64,16 @@ def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plat
     prepared = runtime.Prepared(net, export.to_onnx(net, workdir / "model.onnx"))
 
     compile_stats: dict[str, float] = {}
+    builds: list[dict[str, float]] = []
 
     def on_runtime(p: runtime.Prepared) -> runtime.Runtime:
         if conf.runtime.name == "tvm":  # TVM runs what the compile stage builds from the ONNX file
-            p, stats = compile.run(p, conf.compile, conf.hardware, workdir)
+            # A folder per build: the guard's candidates must not overwrite a library still loaded.
+            p, stats = compile.run(p, conf.compile, conf.hardware, workdir / f"tvm_{len(builds)}")
+            builds.append(stats)
             compile_stats.update(stats)
+            for key in ("tune_trials_run", "tune_seconds"):  # every build of this trial counts
+                compile_stats[key] = sum(b[key] for b in builds)
         return runtime.build(conf.runtime.name, p, conf.hardware, workdir)
 
     built = Built(on_runtime(prepared), prepared, prepared.path, prune.sparsity(net), compile_stats=compile_stats)
