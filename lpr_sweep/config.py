@@ -80,16 +80,17 @@ class ValidateSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra import compose
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None):
-            for overrides in batch:
-                try:
-                    validate(compose(config.hydra.job.config_name, overrides=overrides))
-                except ConfigError as e:
-                    raise SystemExit(f"error: job [{' '.join(overrides)}]: {e}") from None
+        from hydra_plugins.lpr_sweep_sweeper.sweeper import expand
+
+        sweeper = config.hydra.sweeper
+        if "jobs" not in sweeper and not sweeper._target_.endswith(".BasicSweeper"):
+            return  # a search sweeper samples its jobs later and validates each one itself
+        for overrides in expand(list(config.hydra.overrides.task), sweeper.get("jobs") or []):
+            try:
+                validate(compose(config.hydra.job.config_name, overrides=overrides))
+            except ConfigError as e:
+                raise SystemExit(f"error: job [{' '.join(overrides)}]: {e}") from None
 
 
 register()

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO, compose_cfg
-from lpr_sweep import best, data, pipeline, tracking
+from lpr_sweep import data, pipeline, report, tracking
 
 pytestmark = pytest.mark.slow
 METRICS = {
@@ -62,7 +62,10 @@ def test_three_trial_sweep_lands_in_mlflow(tmp_path, store, real_root):
     assert accuracy[0] > 0.88 and accuracy[1] > 0.88  # global pruning holds up to 0.5 (shared/NOTES.md)
     sizes = [r.data.metrics["size_nonzero_bytes"] for r in children]
     assert sizes[0] > sizes[1] > sizes[2]
-    assert best.main(["--tracking-uri", cfg.uri]) == 0
+    # no unpruned trial in this sweep, so only an accuracy rule can choose
+    assert report.main(["--tracking-uri", cfg.uri, "--objective", "accuracy", "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert text.count("| FINISHED |") == 3 and "Baseline (drop and speed-up are against it): none found" in text
 
 
 def test_original_protocol_gives_the_published_0_900(tmp_path, store):

@@ -1,0 +1,115 @@
+"""The list sweeper behind +experiment=published_table and the Optuna search sweeper, on tiny data."""
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from mlflow import MlflowClient
+
+from conftest import REPO
+from hydra_plugins.lpr_sweep_sweeper import sweeper
+from lpr_sweep import config, report, tracking
+
+TINY = ["data.calib_size=2", "quant.calib_size=2", "benchmark.repeats=3", "benchmark.warmup=1",
+        "benchmark.throughput_batch=2", "benchmark.throughput_repeats=1"]
+
+
+def test_expand_appends_each_jobs_sweeps_to_the_command_line():
+    jobs = [["c=1"], ["c=2", "d=4,5"]]
+    assert sweeper.expand(["a=1", "b=2,3"], jobs) == [
+        ["a=1", "b=2", "c=1"], ["a=1", "b=3", "c=1"],
+        ["a=1", "b=2", "c=2", "d=4"], ["a=1", "b=2", "c=2", "d=5"], ["a=1", "b=3", "c=2", "d=4"], ["a=1", "b=3", "c=2", "d=5"],
+    ]
+    assert sweeper.expand(["a=1,2"], []) == [["a=1"], ["a=2"]]
+
+
+def test_published_table_is_the_six_rows_plus_the_pruning_sweep_and_every_job_validates():
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=published_table"], return_hydra_config=True)
+        assert cfg.hydra.mode.name == "MULTIRUN"
+        jobs = sweeper.expand(["+experiment=published_table"], cfg.hydra.sweeper.jobs)
+        names = set()
+        for job in jobs:
+            c = config.validate(compose("config", overrides=job))
+            names.add((c.optimization.name, c.prune.scope.value, c.prune.ratio, c.quant.backend, c.runtime.name))
+    assert len(jobs) == len(names) == 1 + 2 + 1 + 2 + 1 + 2 + 16
+    for row in [("baseline", "global", 0.0, "none", "onnxruntime"), ("prune", "layer", 0.5, "none", "onnxruntime"),
+                ("mlc", "global", 0.0, "none", "tvm"), ("prune_mlc", "layer", 0.5, "none", "tvm"),
+                ("quant", "global", 0.0, "nncf", "openvino"), ("prune_quant", "global", 0.5, "nncf", "openvino"),
+                ("prune", "layer", 0.9, "none", "onnxruntime"), ("prune", "global", 0.1, "none", "onnxruntime")]:
+        assert row in names
+    published = {(n, r) for n, _, r, _, _ in names} & set(report.PUBLISHED)
+    assert published == set(report.PUBLISHED)  # every published row has a counterpart
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("x=choice(a,b)", optuna.distributions.CategoricalDistribution),
+    ("x=range(1,4)", optuna.distributions.CategoricalDistribution),
+    ("x=interval(0.0,0.9)", optuna.distributions.FloatDistribution),
+    ("x=interval(1,8)", optuna.distributions.FloatDistribution),
+    ("x=tag(log,interval(0.001,1.0))", optuna.distributions.FloatDistribution),
+])
+def test_search_dimensions_from_hydra_grammar(text, kind):
+    (override,) = OverridesParser.create().parse_overrides([text])
+    dist = sweeper.distribution(override)
+    assert isinstance(dist, kind)
+    assert getattr(dist, "log", False) == ("log" in text)
+
+
+def test_search_dimension_must_sweep():
+    (override,) = OverridesParser.create().parse_overrides(["x=glob(*)"])
+    with pytest.raises(ValueError, match="must be choice"):
+        sweeper.distribution(override)
+
+
+def _children(store):
+    cfg = tracking.TrackingConfig(uri=store[0].split("=", 1)[1], artifact_root=store[1].split("=", 1)[1])
+    exp = tracking.experiment_id(cfg)
+    (parent,) = MlflowClient().search_runs([exp], f"tags.`{tracking.ROLE_TAG}` = 'sweep'")
+    return cfg, parent, MlflowClient().search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+
+
+def _run(tmp_path, tiny_root, store, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "lpr_sweep", *args, f"data.root={tiny_root}", *TINY, *store, f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_list_sweep_runs_its_jobs_and_reports(tmp_path, tiny_root, store):
+    done = _run(tmp_path, tiny_root, store, "-m", "hydra/sweeper=list",
+                "hydra.sweeper.jobs=[['optimization=baseline'],['optimization=prune','prune.scope=layer,global']]")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg, parent, children = _children(store)
+    rows = sorted((r.data.params["optimization.name"], r.data.params["prune.scope"], r.data.params["prune.ratio"]) for r in children)
+    assert rows == [("baseline", "global", "0.0"), ("prune", "global", "0.5"), ("prune", "layer", "0.5")]
+    assert all("optimization=" in r.info.run_name for r in children)
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert report.main(["--tracking-uri", cfg.uri, "--objective", "accuracy", "--no-register"]) == 0
+    assert "Baseline (drop and speed-up are against it): benchmark.repeats=3" in (tmp_path / "sweep" / "report.md").read_text()
+
+
+def test_list_sweep_refuses_a_bad_job_before_running_any(tmp_path, tiny_root, store):
+    done = _run(tmp_path, tiny_root, store, "-m", "hydra/sweeper=list", "hydra.sweeper.jobs=[['prune.ratio=0.1'],['prune.ratio=1.5']]")
+    assert done.returncode != 0 and "prune.ratio=1.5 is outside [0, 1)" in done.stderr
+    assert not (tmp_path / "sweep" / "0").exists()
+
+
+def test_search_sweep_runs_its_budget_of_valid_trials(tmp_path, tiny_root, store):
+    done = _run(
+        tmp_path, tiny_root, store, "-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=4",
+        "~hydra.sweeper.params", "+hydra.sweeper.params={prune.ratio:'interval(0.0,0.9)',quant:'choice(none,nncf)'}",
+        "runtime=choice(onnxruntime,openvino)",  # a search dimension given on the command line
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, parent, children = _children(store)
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    for r in children:
+        assert 0.0 <= float(r.data.params["prune.ratio"]) <= 0.9
+        assert r.data.params["quant.backend"] == "none" or r.data.params["runtime.name"] == "openvino"
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["objectives"] == ["accuracy", "latency_p50_ms"] and results["pareto_front"]
+    assert all(len(t["values"]) == 2 for t in results["pareto_front"])
