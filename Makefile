@@ -32,7 +32,7 @@ sweep: data ## run the default sweep (override with SWEEP="key=a,b ...")
 test: data ## run the test suite
 	$(PY) -m pytest -q
 
-bench: data ## print torch eager vs ONNX Runtime, baseline and pruned, one process
+bench: data ## every runtime and optimization side by side in one process (ratios, MACs, accuracy)
 	$(PY) -m lpr_sweep.bench
 
 ui: setup ## serve the MLflow UI on http://127.0.0.1:5000

@@ -37,6 +37,18 @@ ROWS = {  # row name -> overrides on the default config
     "ORT int8, prune global 0.5": ["optimization=prune", "quant=ort_static"],
     "OpenVINO int8, prune global 0.5 (prune_quant)": ["optimization=prune_quant"],
     "TVM fp32, prune global 0.5 (prune_mlc)": ["optimization=prune_mlc"],
+    **{
+        f"{runtime} {precision}, structured global {ratio}": [
+            "prune.structured=true", f"prune.ratio={ratio}", *overrides
+        ]
+        for ratio in (0.7, 0.8, 0.9)
+        for runtime, precision, overrides in [
+            ("ORT", "fp32", []),
+            ("OpenVINO", "fp32", ["runtime=openvino"]),
+            ("ORT", "int8 (ort_static)", ["quant=ort_static"]),
+            ("OpenVINO", "int8 (nncf)", ["quant=nncf", "runtime=openvino"]),
+        ]
+    },
 }
 BASELINES = ("ORT fp32", "OpenVINO fp32", "torch eager fp32")
 
@@ -70,15 +82,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.threads} threads, batch 1, {args.warmup} warm-up + {args.rounds}x{args.calls} interleaved "
               f"timed calls per row; accuracy on {len(scored)} scored plates, drop in points against ORT fp32; "
               f"int8 calibrated on {confs['ORT fp32'].data.calib_size} held-out plates")
-        print("| row | p50 ms | p90 ms | vs ORT fp32 | vs OpenVINO fp32 | vs torch eager | accuracy | drop pts "
+        print("| row | MACs M | p50 ms | p90 ms | vs ORT fp32 | vs OpenVINO fp32 | vs torch eager | accuracy | drop pts "
               "| int8 guard | file bytes | nonzero bytes | gzip bytes |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
         for n in names:
             b, p50 = built[n], stats[n]["latency_p50_ms"]
             sizes = size.measure(b.runtime.artifacts, pipeline.graph_of(b))
             ratios = " | ".join(f"{stats[base]['latency_p50_ms'] / p50:.2f}x" for base in BASELINES)
             guard = "-" if b.guard is None else f"{b.guard.row['method']}, float: {b.guard.row['keep_float']}" + ("" if b.guard.met else " (NOT met)")
-            print(f"| {n} | {p50:.2f} | {stats[n]['latency_p90_ms']:.2f} | {ratios} | {accuracy[n]:.4f} "
+            print(f"| {n} | {size.macs(b.fp32_onnx) / 1e6:.1f} | {p50:.2f} | {stats[n]['latency_p90_ms']:.2f} | {ratios} | {accuracy[n]:.4f} "
                   f"| {100 * (accuracy['ORT fp32'] - accuracy[n]):.2f} | {guard} | {sizes['size_file_bytes']} "
                   f"| {sizes['size_nonzero_bytes']} | {sizes['size_gzip_bytes']} |")
     return 0

@@ -39,15 +39,22 @@ _CONTEXT_POOL = {
 
 
 class ChannelStridePool(nn.Module):
-    """Keep every ``channel_stride``-th channel, then 3x3 max-pool with stride (1, ``w_stride``)."""
+    """Keep every ``channel_stride``-th channel, then 3x3 max-pool with stride (1, ``w_stride``).
+
+    Structured pruning replaces the stride by the explicit ``channels`` that survive, so that the
+    channels kept are still the ones the original model used.
+    """
 
     def __init__(self, channel_stride: int, w_stride: int):
         super().__init__()
         self.channel_stride = channel_stride
         self.pool = nn.MaxPool2d(3, stride=(1, w_stride))
+        self.register_buffer("channels", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channel_stride > 1:
+        if self.channels is not None:
+            x = x.index_select(1, self.channels)
+        elif self.channel_stride > 1:
             x = x[:, :: self.channel_stride]
         return self.pool(x)
 
@@ -105,11 +112,21 @@ class LPRNet(nn.Module):
             [nn.AvgPool2d(**_CONTEXT_POOL[i]) if i in _CONTEXT_POOL else nn.Identity() for i in range(4)]
         )
         self.container = nn.Sequential(nn.Conv2d(64 + 128 + 256 + class_num, class_num, kernel_size=1))
+        # Set by structured pruning (lpr_sweep.prune) once it removes constant context channels: per
+        # context, the squares those channels added to the norm's sum (per plate), the original
+        # element count, and their term in the container's output (to divide by the norm).
+        self.register_buffer("folded_squares", None, persistent=False)
+        self.register_buffer("folded_count", None, persistent=False)
+        self.register_buffer("folded_logits", None, persistent=False)
 
-    def _normalise(self, f: torch.Tensor) -> torch.Tensor:
+    def _norm(self, f: torch.Tensor, i: int) -> torch.Tensor:
+        """The divisor of context ``i``: the mean of f**2 per plate (``sample``) or per batch."""
+        if self.folded_count is None:
+            return torch.mean(f * f, dim=(1, 2, 3), keepdim=True) if self.norm == "sample" else torch.mean(f * f)
         if self.norm == "sample":
-            return f / torch.mean(f * f, dim=(1, 2, 3), keepdim=True)
-        return f / torch.mean(f * f)
+            return (torch.sum(f * f, dim=(1, 2, 3), keepdim=True) + self.folded_squares[i]) / self.folded_count[i]
+        n = f.shape[0]
+        return (torch.sum(f * f) + n * self.folded_squares[i]) / (n * self.folded_count[i])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, 24, 94) normalised BGR -> (N, classes, 18) per-column logits."""
@@ -118,8 +135,12 @@ class LPRNet(nn.Module):
             x = layer(x)
             if i in _KEEP:
                 kept.append(x)
-        context = [self._normalise(pool(f)) for pool, f in zip(self.context_pools, kept)]
-        x = self.container(torch.cat(context, dim=1))
+        pooled = [pool(f) for pool, f in zip(self.context_pools, kept)]
+        norms = [self._norm(f, i) for i, f in enumerate(pooled)]
+        x = self.container(torch.cat([f / d for f, d in zip(pooled, norms)], dim=1))
+        if self.folded_logits is not None:
+            for i, d in enumerate(norms):
+                x = x + self.folded_logits[i].view(1, -1, 1, 1) / d
         return torch.mean(x, dim=2)
 
 

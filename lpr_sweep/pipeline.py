@@ -51,6 +51,8 @@ class Built:
     prepared: runtime.Prepared
     fp32_onnx: Path
     sparsity: float
+    params_dense: int
+    channels: dict[str, tuple[int, int]] = field(default_factory=dict)  # structured: conv -> (before, after)
     guard: quant.Guard | None = None
     fp32_accuracy: float | None = None
     compile_stats: dict[str, float] = field(default_factory=dict)
@@ -61,6 +63,8 @@ def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plat
     weights = Path(conf.model.weights)
     net = lprnet.load(weights if weights.is_absolute() else root / weights, conf.model.norm)
     prune.run(net, conf.prune)
+    sparsity = prune.sparsity(net)  # of the pruned weights, before structured removal drops the dead ones
+    channels = prune.remove_dead_channels(net) if conf.prune.structured else {}
     prepared = runtime.Prepared(net, export.to_onnx(net, workdir / "model.onnx"))
 
     compile_stats: dict[str, float] = {}
@@ -76,7 +80,8 @@ def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plat
                 compile_stats[key] = sum(b[key] for b in builds)
         return runtime.build(conf.runtime.name, p, conf.hardware, workdir)
 
-    built = Built(on_runtime(prepared), prepared, prepared.path, prune.sparsity(net), compile_stats=compile_stats)
+    built = Built(on_runtime(prepared), prepared, prepared.path, sparsity, prune.params_dense(net), channels,
+                  compile_stats=compile_stats)
     if conf.quant.backend != "none":
         built.fp32_accuracy = evaluate.run(built.runtime, scored, conf.evaluate).accuracy
         built.guard = quant.run(
@@ -142,7 +147,11 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
 
         built = build(conf, root, calib, scored, workdir)
         rt = built.runtime
-        metrics = {"sparsity": built.sparsity, **built.compile_stats}
+        metrics = {"sparsity": built.sparsity, "params_dense": built.params_dense, "macs": size.macs(built.fp32_onnx),
+                   **built.compile_stats}
+        if built.channels:
+            mlflow.log_text(_csv([{"conv": k, "channels_before": a, "channels_after": b} for k, (a, b) in built.channels.items()]),
+                            "structured_channels.csv")
         if built.guard:
             metrics.update(_log_quant(conf, built, len(calib)))
 

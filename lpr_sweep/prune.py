@@ -1,17 +1,28 @@
-"""L1-magnitude unstructured pruning of every Conv2d weight, without fine-tuning.
+"""L1-magnitude pruning of every Conv2d weight, without fine-tuning, and structured channel removal.
 
 ``scope=layer`` prunes each conv by the same ratio (the original report's method); ``scope=global``
 ranks all conv weights together, so layers with many small weights give up more of them.
+
+``structured=true`` then rebuilds LPRNet without the channels pruning killed, as a smaller dense
+model with the same outputs (``remove_dead_channels``). A conv output channel whose remaining
+weights are all zero emits a constant (its bias through BatchNorm and ReLU). Such a channel is
+removed after its constant is folded into each consumer: into an unpadded conv's bias, or (for the
+global context) into the norm's sum of squares and a logit term divided by that norm. A channel
+that every consumer ignores (all-zero input weights) is removed with nothing to fold. A constant
+channel that feeds a padded conv is kept unless it is zero: the padding would make it non-constant
+at the borders.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
 
+import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from lpr_sweep import ConfigError
+from lpr_sweep.model import INPUT_HW, ChannelStridePool, LPRNet
 
 Scope = Enum("Scope", {"layer": "layer", "global": "global"})  # functional form: `global` is a keyword
 
@@ -20,6 +31,7 @@ Scope = Enum("Scope", {"layer": "layer", "global": "global"})  # functional form
 class PruneConfig:
     ratio: float = 0.0  # fraction of conv weights zeroed, in [0, 1); 0 leaves the model untouched
     scope: Scope = Scope["global"]
+    structured: bool = False  # rebuild the model without the channels the pruning killed
 
     def __post_init__(self):
         if not 0.0 <= self.ratio < 1.0:
@@ -52,3 +64,183 @@ def sparsity(model: nn.Module) -> float:
     weights = [m.weight.detach() for _, m in conv_layers(model)]
     total = sum(w.numel() for w in weights)
     return float(sum(int((w == 0).sum()) for w in weights) / total)
+
+
+# LPRNet's channel flow: each producer conv (with its BatchNorm, if any, then a ReLU) and what reads
+# its output: a conv directly, a conv through a channel-selecting pool, or global context ``i``.
+_FLOW = [
+    ("backbone.0", "backbone.1", [("context", None, 0), ("pool", "backbone.3", "backbone.4.block.0")]),
+    *[
+        edge
+        for block, bn, consumers in [
+            ("backbone.4", "backbone.5", [("context", None, 1), ("pool", "backbone.7", "backbone.8.block.0")]),
+            ("backbone.8", "backbone.9", [("conv", None, "backbone.11.block.0")]),
+            ("backbone.11", "backbone.12", [("context", None, 2), ("pool", "backbone.14", "backbone.16")]),
+        ]
+        for edge in [
+            (f"{block}.block.0", None, [("conv", None, f"{block}.block.2")]),
+            (f"{block}.block.2", None, [("conv", None, f"{block}.block.4")]),
+            (f"{block}.block.4", None, [("conv", None, f"{block}.block.6")]),
+            (f"{block}.block.6", bn, consumers),
+        ]
+    ],
+    ("backbone.16", "backbone.17", [("conv", None, "backbone.20")]),
+    ("backbone.20", "backbone.21", [("context", None, 3)]),
+]
+
+
+def _check_structure(model: nn.Module) -> None:
+    if not isinstance(model, LPRNet):
+        raise ConfigError(f"prune.structured knows LPRNet only, not {type(model).__name__}; use prune.structured=false")
+    modules = dict(model.named_modules())
+    for conv, bn, consumers in _FLOW:
+        names = [conv, bn, *(c[1] for c in consumers if c[0] == "pool"), *(c[2] for c in consumers if c[0] != "context")]
+        for name in filter(None, names):
+            if name not in modules:
+                raise ConfigError(f"prune.structured: the model has no {name}, so its layout is not LPRNet's; use prune.structured=false")
+    if [type(m) for m in model.container] != [nn.Conv2d]:
+        raise ConfigError("prune.structured: the container is not a single conv as in LPRNet; use prune.structured=false")
+
+
+def _padded(conv: nn.Conv2d) -> bool:
+    return any(p != 0 for p in conv.padding) if not isinstance(conv.padding, str) else conv.padding != "valid"
+
+
+def _bn_affine(bn: nn.BatchNorm2d | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm in eval as y = scale * x + shift (identity when there is none)."""
+    if bn is None:
+        return torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    return scale, bn.bias.double() - bn.running_mean.double() * scale
+
+
+@torch.no_grad()
+def remove_dead_channels(model: LPRNet) -> dict[str, tuple[int, int]]:
+    """Rebuild ``model`` in place without dead channels; return {conv: (channels before, after)}."""
+    _check_structure(model)
+    modules = dict(model.named_modules())
+    conv = {name: m for name, m in modules.items() if isinstance(m, nn.Conv2d)}
+    bias = {name: m.bias.double().clone() for name, m in conv.items()}
+    keep_in = {name: list(range(m.in_channels)) for name, m in conv.items()}
+    keep_out: dict[str, list[int]] = {}
+    selected: dict[str, list[int]] = {}  # pool -> producer channels (original indices) it passes on
+    spatial = _context_positions(model)
+    ctx_channels = [[], [], [], []]  # kept producer channels per context, in order
+    n_ctx = len(model.folded_squares) if model.folded_squares is not None else 4
+    squares = model.folded_squares.double().clone() if model.folded_squares is not None else torch.zeros(n_ctx, dtype=torch.float64)
+    count = model.folded_count.double().clone() if model.folded_count is not None else torch.zeros(n_ctx, dtype=torch.float64)
+    container = model.container[0]
+    logits = (model.folded_logits.double().clone() if model.folded_logits is not None
+              else torch.zeros(n_ctx, container.out_channels, dtype=torch.float64))
+    offsets = _context_offsets(model)
+    report = {}
+
+    for name, bn_name, consumers in _FLOW:
+        m = conv[name]
+        weight = m.weight.double()[:, keep_in[name]]
+        dead = weight.flatten(1).abs().sum(1) == 0
+        scale, shift = _bn_affine(modules.get(bn_name) if bn_name else None, m.out_channels)
+        value = torch.relu(scale * bias[name] + shift)  # what a dead channel emits after BN and ReLU
+        removable = torch.ones(m.out_channels, dtype=torch.bool)
+        for kind, pool, reader in consumers:
+            if kind == "context":
+                removable &= dead
+                continue
+            w = conv[reader].weight.double()
+            if kind == "conv":  # reads every channel, in order
+                ignored = w.flatten(2).abs().sum((0, 2)) == 0
+                foldable = dead & (~torch.tensor(_padded(conv[reader])) | (value == 0))
+                removable &= ignored | foldable
+                continue
+            stride = modules[pool].channel_stride
+            passed = list(range(0, m.out_channels, stride)) if modules[pool].channels is None else modules[pool].channels.tolist()
+            reads = torch.zeros(m.out_channels, dtype=torch.bool)
+            keep = []
+            for j, k in enumerate(passed):
+                if j not in keep_in[reader]:
+                    continue
+                if dead[k] or w[:, j].abs().sum() == 0:  # the reader is unpadded: constants fold exactly
+                    bias[reader] += value[k] * w[:, j].sum((1, 2))
+                    keep_in[reader].remove(j)
+                else:
+                    reads[k] = True
+                    keep.append(k)
+            removable &= ~reads
+            selected[pool] = keep
+        kept = [k for k in range(m.out_channels) if not removable[k]]
+        if not kept:
+            raise ConfigError(f"prune.structured: pruning killed every output channel of {name}; lower prune.ratio")
+        keep_out[name] = kept
+        report[name] = (m.out_channels, len(kept))
+        for kind, _, reader in consumers:
+            if kind == "conv":
+                w = conv[reader].weight.double()
+                for k in range(m.out_channels):
+                    if removable[k]:
+                        bias[reader] += value[k] * w[:, k].sum((1, 2))
+                keep_in[reader] = kept
+            elif kind == "context":
+                i = reader
+                gone = [k for k in range(m.out_channels) if removable[k]]
+                if count[i] == 0:
+                    count[i] = m.out_channels * spatial
+                squares[i] += spatial * sum(float(value[k]) ** 2 for k in gone)
+                for k in gone:
+                    logits[i] += value[k] * container.weight.double()[:, offsets[i] + k, 0, 0]
+                ctx_channels[i] = [offsets[i] + k for k in kept]
+
+    for name, m in conv.items():
+        if m is container:
+            continue
+        _replace(model, name, _shrunk_conv(m, keep_out[name], keep_in[name], bias[name]))
+    for name, bn_name, _ in _FLOW:
+        if bn_name:
+            _replace(model, bn_name, _shrunk_bn(modules[bn_name], keep_out[name]))
+    for name, _, consumers in _FLOW:
+        position = {k: i for i, k in enumerate(keep_out[name])}
+        for kind, pool, _ in consumers:
+            if kind == "pool":
+                modules[pool].channels = torch.tensor([position[k] for k in selected[pool]], dtype=torch.long)
+    container_in = [c for ctx in ctx_channels for c in ctx]
+    _replace(model, "container.0", _shrunk_conv(container, list(range(container.out_channels)), container_in, container.bias.double()))
+    model.folded_squares, model.folded_count, model.folded_logits = squares.float(), count.float(), logits.float()
+    return report
+
+
+def _context_positions(model: LPRNet) -> int:
+    """H x W of the global context (every branch is pooled to the same size)."""
+    sizes = []
+    hook = model.container.register_forward_hook(lambda mod, args, out: sizes.append(args[0].shape[2] * args[0].shape[3]))
+    try:
+        model(torch.zeros(1, 3, *INPUT_HW))
+    finally:
+        hook.remove()
+    return sizes[0]
+
+
+def _context_offsets(model: LPRNet) -> list[int]:
+    widths = [dict(model.named_modules())[name].out_channels for name in ("backbone.0", "backbone.4.block.6", "backbone.11.block.6", "backbone.20")]
+    return [sum(widths[:i]) for i in range(4)]
+
+
+def _shrunk_conv(m: nn.Conv2d, outs: list[int], ins: list[int], bias: torch.Tensor) -> nn.Conv2d:
+    new = nn.Conv2d(len(ins), len(outs), m.kernel_size, m.stride, m.padding, m.dilation)
+    new.weight.copy_(m.weight[outs][:, ins])
+    new.bias.copy_(bias[outs].float())
+    return new
+
+
+def _shrunk_bn(bn: nn.BatchNorm2d, keep: list[int]) -> nn.BatchNorm2d:
+    new = nn.BatchNorm2d(len(keep), eps=bn.eps, momentum=bn.momentum)
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        getattr(new, key).copy_(getattr(bn, key)[keep])
+    return new.eval()
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def params_dense(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,4 +1,4 @@
-"""The one size function: files on disk, gzip of them, and nonzero parameters x bytes each."""
+"""The one size function: files on disk, gzip of them, nonzero parameters x bytes each; and MACs per plate."""
 from __future__ import annotations
 
 import gzip
@@ -66,6 +66,26 @@ def int8_sparsity_of(arrays) -> float:
     weights = [t for t in arrays if t.dtype == np.int8 and t.ndim == 4]
     total = sum(t.size for t in weights)
     return float(sum(t.size - np.count_nonzero(t) for t in weights) / total) if total else 0.0
+
+
+def macs(onnx_path: Path) -> int:
+    """Multiply-accumulates of one plate through the graph's convolutions, from ONNX shape inference."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.value_info, *model.graph.output]
+    }
+    total = 0
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        _, c_in, kh, kw = weights[node.input[1]]  # c_in is already per group
+        _, c_out, h, w = shapes[node.output[0]]  # the batch axis is symbolic: one plate
+        total += c_out * h * w * c_in * kh * kw
+    return total
 
 
 def measure(artifacts: list[Path], graph: Path | nn.Module) -> dict[str, int]:

@@ -106,3 +106,17 @@ def test_quant_presets_meet_their_accuracy_targets(tmp_path, store):
         assert run.data.params["quant.n_calib_used"] == "100" and run.data.params["quant.backend"] == "nncf"
         names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
         assert {"quant_candidates.csv", "model_int8.xml", "model_int8.bin", "model.onnx"} <= names
+
+
+def test_structured_presets_shrink_the_model_and_keep_accuracy(tmp_path, store):
+    """optimization=prune_structured: fewer MACs and parameters, within 0.5 pt of the unpruned model."""
+    base = pipeline.run(compose_cfg([*store, *FAST]), workdir=tmp_path / "b")
+    s = pipeline.run(compose_cfg(["optimization=prune_structured", *store, *FAST]), workdir=tmp_path / "s")
+    sq = pipeline.run(compose_cfg(["optimization=prune_structured_quant", *store, *FAST]), workdir=tmp_path / "sq")
+    assert base["macs"] == 144_411_264 and s["macs"] < 0.5 * base["macs"] and sq["macs"] == s["macs"]
+    assert s["params_dense"] < 0.25 * base["params_dense"]
+    assert 100 * (base["accuracy"] - s["accuracy"]) <= 0.5
+    assert 100 * (base["accuracy"] - sq["accuracy"]) <= 1.0
+    runs = {r.data.params["optimization.name"]: r for r in mlflow.search_runs(experiment_names=["lpr_sweep"], output_format="list")}
+    table = mlflow.artifacts.load_text(f"{runs['prune_structured'].info.artifact_uri}/structured_channels.csv")
+    assert "backbone.8.block.6,256," in table

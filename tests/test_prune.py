@@ -48,3 +48,113 @@ def test_sixteen_convs_are_pruned():
 def test_ratio_outside_range_is_refused(ratio):
     with pytest.raises(ConfigError, match=f"prune.ratio={ratio} is outside"):
         PruneConfig(ratio=ratio)
+
+
+# Structured removal: the rebuilt model must compute the masked model's logits.
+
+def _real(real_root, norm="sample"):
+    from lpr_sweep import model as lprnet
+
+    return lprnet.load(real_root / "weights" / "Final_LPRNet_model.pth", norm)
+
+
+def _plates(real_root, n=64):
+    from lpr_sweep import data
+
+    _, _, scored = data.load(data.DataConfig(root=str(real_root)))
+    return torch.from_numpy(scored.images[:n])
+
+
+def _rebuilt(net, ratio, scope="global"):
+    import copy
+
+    masked = prune.run(copy.deepcopy(net), PruneConfig(ratio=ratio, scope=Scope[scope]))
+    rebuilt = copy.deepcopy(masked)
+    report = prune.remove_dead_channels(rebuilt)
+    return masked, rebuilt, report
+
+
+def _assert_same_logits(a, b, x):
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    assert ya.shape == yb.shape
+    torch.testing.assert_close(yb, ya, rtol=1e-4, atol=1e-4 * float(ya.abs().max()))
+
+
+@pytest.mark.parametrize("norm", ["sample", "batch"])
+@pytest.mark.parametrize("ratio, scope", [(0.0, "global"), (0.5, "layer"), (0.5, "global"), (0.8, "global"), (0.95, "global"), (0.99, "global")])
+def test_rebuilt_model_equals_the_masked_model(real_root, ratio, scope, norm):
+    masked, rebuilt, report = _rebuilt(_real(real_root, norm), ratio, scope)
+    removed = sum(before - after for before, after in report.values())
+    if ratio == 0.0:
+        assert removed == 0 and prune.params_dense(rebuilt) == prune.params_dense(masked)
+    if ratio >= 0.8:  # global pruning kills whole channels (shared/NOTES.md)
+        assert removed > 500 and prune.params_dense(rebuilt) < 0.25 * prune.params_dense(masked)
+    torch.manual_seed(1)
+    _assert_same_logits(masked, rebuilt, torch.randn(8, 3, 24, 94))
+    _assert_same_logits(masked, rebuilt, _plates(real_root))
+
+
+def test_rebuilt_model_predicts_like_the_masked_one_and_keeps_the_original_subsampled_channels(real_root):
+    from lpr_sweep import evaluate
+
+    masked, rebuilt, _ = _rebuilt(_real(real_root), 0.8)
+    x = _plates(real_root, 200)
+    with torch.no_grad():
+        assert evaluate.decode(masked(x).numpy()) == evaluate.decode(rebuilt(x).numpy())
+    pool = rebuilt.backbone[7]
+    assert pool.channels is not None and len(pool.channels) == rebuilt.backbone[8].block[0].in_channels
+
+
+def test_a_second_pass_finds_nothing_more(real_root):
+    _, rebuilt, _ = _rebuilt(_real(real_root), 0.9)
+    assert all(before == after for before, after in prune.remove_dead_channels(rebuilt).values())
+
+
+def test_rebuilt_model_exports_and_runs_on_onnxruntime(real_root, tmp_path):
+    import onnxruntime as ort
+
+    from lpr_sweep import export
+
+    masked, rebuilt, _ = _rebuilt(_real(real_root), 0.8)
+    path = export.to_onnx(rebuilt, tmp_path / "s.onnx")
+    x = _plates(real_root, 16)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        want = masked(x).numpy()
+    assert abs(got - want).max() <= 1e-4 * abs(want).max()
+
+
+def test_constant_channels_fold_into_unpadded_readers_and_stay_before_padded_ones():
+    net = _net()
+    with torch.no_grad():
+        net.backbone[4].block[0].weight[:4] = 0  # feeds a padded (3,1) conv
+        net.backbone[4].block[0].bias[:2] = 0.5  # -> constant 0.5 after ReLU: must stay
+        net.backbone[4].block[0].bias[2:4] = -1.0  # -> constant 0: removable
+        net.backbone[16].weight[:10] = 0  # feeds the unpadded 13x1 conv: folds whatever its constant
+        net.backbone[0].weight[:3] = 0  # feeds the context and a 1x1 conv through a pool: folds
+    import copy
+
+    rebuilt = copy.deepcopy(net)
+    report = prune.remove_dead_channels(rebuilt)
+    assert report["backbone.4.block.0"] == (32, 30)
+    assert report["backbone.16"] == (256, 246) and report["backbone.0"] == (64, 61)
+    torch.manual_seed(2)
+    _assert_same_logits(net, rebuilt, torch.randn(4, 3, 24, 94))
+
+
+def test_killing_every_channel_of_a_layer_is_refused_by_name():
+    net = _net()
+    with torch.no_grad():
+        net.backbone[16].weight.zero_()
+    with pytest.raises(ConfigError, match="killed every output channel of backbone.16; lower prune.ratio"):
+        prune.remove_dead_channels(net)
+
+
+def test_unknown_structure_is_refused():
+    with pytest.raises(ConfigError, match="knows LPRNet only, not Sequential"):
+        prune.remove_dead_channels(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)))
+    net = _net()
+    net.container.append(torch.nn.ReLU())
+    with pytest.raises(ConfigError, match="container is not a single conv"):
+        prune.remove_dead_channels(net)

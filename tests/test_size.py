@@ -54,3 +54,16 @@ def test_int8_sparsity_counts_zeros_in_int8_conv_weights():
     w = np.zeros((4, 2, 1, 1), np.int8)
     w[0] = 3
     assert size.int8_sparsity_of([w, np.ones((4, 2, 1, 1), np.float32), np.zeros(5, np.int8)]) == 0.75
+
+
+def test_macs_come_from_the_graph_and_match_a_forward_count(tmp_path):
+    from lpr_sweep.model import LPRNet
+
+    net = LPRNet().eval()
+    counted = []
+    hooks = [m.register_forward_hook(lambda m, a, out: counted.append(out[0].numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]))
+             for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    net(torch.zeros(1, 3, 24, 94))
+    for h in hooks:
+        h.remove()
+    assert size.macs(export.to_onnx(net, tmp_path / "m.onnx")) == sum(counted) == 144_411_264  # shared/NOTES.md: 144.4 M
