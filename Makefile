@@ -27,7 +27,7 @@ data: setup ## verify the data root's SHA256SUMS (LPR_DATA_ROOT, default ../shar
 
 sweep: data ## run the default sweep (override with SWEEP="key=a,b ...")
 	$(PY) -m lpr_sweep -m $(SWEEP)
-	$(PY) -m lpr_sweep.best
+	$(PY) -m lpr_sweep.report
 
 test: data ## run the test suite
 	$(PY) -m pytest -q
