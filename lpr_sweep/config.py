@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lpr_sweep import ConfigError
 from lpr_sweep.benchmark import BenchmarkConfig
+from lpr_sweep.cache import CacheConfig
 from lpr_sweep.compile import CompileConfig
 from lpr_sweep.data import DataConfig
 from lpr_sweep.evaluate import EvaluateConfig
@@ -46,6 +47,8 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    resume: bool = False  # skip trials whose config already has a FINISHED run in the experiment
 
     def __post_init__(self):
         check_pairing(self.quant, self.runtime.name, self.data.calib_size)

@@ -24,8 +24,23 @@ class HardwareConfig:
             raise ConfigError(f"hardware.threads={self.threads} is negative; use 0 for all cores or a positive count")
 
 
+def parallel_jobs() -> int:
+    """How many trials the joblib launcher runs at once on this machine (1 for any other launcher)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return 1
+    launcher = HydraConfig.get().launcher
+    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        return 1
+    cores = len(os.sched_getaffinity(0))
+    n = launcher.get("n_jobs") or 1
+    return cores if n < 0 else min(n, cores)  # joblib's -1 means one job per core
+
+
 def threads(cfg: HardwareConfig) -> int:
-    return cfg.threads or len(os.sched_getaffinity(0))
+    """Intra-op threads for this trial: the cores divided among parallel trials, unless set."""
+    return cfg.threads or max(1, len(os.sched_getaffinity(0)) // parallel_jobs())
 
 
 def check(cfg: HardwareConfig) -> None:

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
+import shutil
 import tempfile
-from dataclasses import dataclass, field
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from omegaconf import DictConfig, OmegaConf
 
-from lpr_sweep import benchmark, compile, config, data, evaluate, export, hardware, prune, quant, runtime, size, tracking
+from lpr_sweep import benchmark, cache, compile, config, data, evaluate, export, hardware, prune, quant, runtime, size, tracking
 from lpr_sweep import model as lprnet
 
 log = logging.getLogger(__name__)
@@ -43,6 +48,25 @@ def _predictions_csv(plates: data.Plates, result: evaluate.Result) -> str:
     ])
 
 
+class Stages:
+    """Says which stage of which trial is running, and sums each stage's seconds."""
+
+    def __init__(self, trial: str = ""):
+        self.trial = trial
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        log.info("[%s] stage %s", self.trial, name)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"stage_{name}_seconds"
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+        tracking.check_interrupted()
+
+
 @dataclass
 class Built:
     """A trial's model, ready to measure."""
@@ -56,16 +80,29 @@ class Built:
     guard: quant.Guard | None = None
     fp32_accuracy: float | None = None
     compile_stats: dict[str, float] = field(default_factory=dict)
+    cache_hits: dict[str, float] = field(default_factory=dict)
 
 
-def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plates, workdir: Path) -> Built:
-    """Load, prune, export and (under the accuracy guard) quantize; return the runtime to measure."""
+def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plates, workdir: Path,
+          stages: Stages | None = None) -> Built:
+    """Load, prune, export and (under the accuracy guard) quantize; return the runtime to measure.
+
+    Export and quantization come from the stage cache when an earlier trial built them from the
+    same inputs; pruning is cheap and deterministic, so it always runs (the torch runtime needs it).
+    """
+    stages = stages or Stages()
     weights = Path(conf.model.weights)
-    net = lprnet.load(weights if weights.is_absolute() else root / weights, conf.model.norm)
-    prune.run(net, conf.prune)
-    sparsity = prune.sparsity(net)  # of the pruned weights, before structured removal drops the dead ones
-    channels = prune.remove_dead_channels(net) if conf.prune.structured else {}
-    prepared = runtime.Prepared(net, export.to_onnx(net, workdir / "model.onnx"))
+    weights = weights if weights.is_absolute() else root / weights
+    with stages("prune"):
+        net = lprnet.load(weights, conf.model.norm)
+        prune.run(net, conf.prune)
+        sparsity = prune.sparsity(net)  # of the pruned weights, before structured removal drops the dead ones
+        channels = prune.remove_dead_channels(net) if conf.prune.structured else {}
+    export_key = cache.key("export", cache.file_digest(weights), asdict(conf.prune), conf.model.norm)
+    with stages("export"):
+        folder, hit = cache.fetch(conf.cache, "export", export_key, lambda out: export.to_onnx(net, out / "model.onnx"), workdir)
+        prepared = runtime.Prepared(net, Path(shutil.copy(folder / "model.onnx", workdir / "model.onnx")))
+    hits = {"cache_hit_export": float(hit)}
 
     compile_stats: dict[str, float] = {}
     builds: list[dict[str, float]] = []
@@ -73,24 +110,57 @@ def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plat
     def on_runtime(p: runtime.Prepared) -> runtime.Runtime:
         if conf.runtime.name == "tvm":  # TVM runs what the compile stage builds from the ONNX file
             # A folder per build: the guard's candidates must not overwrite a library still loaded.
-            p, stats = compile.run(p, conf.compile, conf.hardware, workdir / f"tvm_{len(builds)}")
+            with stages("compile"):
+                p, stats = compile.run(p, conf.compile, conf.hardware, workdir / f"tvm_{len(builds)}")
             builds.append(stats)
             compile_stats.update(stats)
             for key in ("tune_trials_run", "tune_seconds"):  # every build of this trial counts
                 compile_stats[key] = sum(b[key] for b in builds)
         return runtime.build(conf.runtime.name, p, conf.hardware, workdir)
 
-    built = Built(on_runtime(prepared), prepared, prepared.path, sparsity, prune.params_dense(net), channels,
-                  compile_stats=compile_stats)
+    with stages("runtime"):
+        built = Built(on_runtime(prepared), prepared, prepared.path, sparsity, prune.params_dense(net), channels,
+                      compile_stats=compile_stats, cache_hits=hits)
     if conf.quant.backend != "none":
-        built.fp32_accuracy = evaluate.run(built.runtime, scored, conf.evaluate).accuracy
-        built.guard = quant.run(
-            prepared, calib, scored, conf.quant, build=on_runtime, fp32_accuracy=built.fp32_accuracy,
-            layers=[name for name, _ in prune.conv_layers(net)], workdir=workdir / "quant", score_cfg=conf.evaluate,
-        )
+        with stages("evaluate_fp32"):
+            built.fp32_accuracy = evaluate.run(built.runtime, scored, conf.evaluate).accuracy
+        with stages("quant"):
+            built.guard, hits["cache_hit_quant"] = _quantize(conf, prepared, export_key, calib, scored, on_runtime,
+                                                             built.fp32_accuracy, workdir)
         built.prepared = built.guard.chosen
-        built.runtime = on_runtime(built.prepared)
+        with stages("runtime"):
+            built.runtime = on_runtime(built.prepared)
+    hits["cache_hits"] = sum(hits.values())
     return built
+
+
+def _quantize(conf: config.Config, fp32: runtime.Prepared, export_key: str, calib: data.Plates, scored: data.Plates,
+              on_runtime, fp32_accuracy: float, workdir: Path) -> tuple[quant.Guard, float]:
+    """The accuracy guard's choice, from the stage cache when this export was quantized so before."""
+
+    def guard() -> quant.Guard:
+        return quant.run(
+            fp32, calib, scored, conf.quant, build=on_runtime, fp32_accuracy=fp32_accuracy,
+            layers=[name for name, _ in prune.conv_layers(fp32.module)], workdir=workdir / "quant", score_cfg=conf.evaluate,
+        )
+
+    if conf.quant.backend == "torch_x86":  # its product is a compiled in-memory module: nothing to store
+        return guard(), 0.0
+
+    def store(out: Path) -> None:
+        chosen = guard()
+        shutil.copytree(chosen.chosen.path.parent, out / "chosen")
+        record = {"file": chosen.chosen.path.name, "row": chosen.row, "met": chosen.met, "rows": chosen.rows,
+                  "sensitivity": chosen.sensitivity}
+        (out / "guard.json").write_text(json.dumps(record, default=float))
+
+    key = cache.key("quant", export_key, asdict(conf.quant), conf.runtime.name,
+                    asdict(conf.compile) if conf.runtime.name == "tvm" else None, asdict(conf.evaluate),
+                    calib.files[: conf.quant.calib_size], scored.files, conf.hardware.device)
+    folder, hit = cache.fetch(conf.cache, "quant", key, store, workdir)
+    record = json.loads((folder / "guard.json").read_text())
+    chosen = runtime.Prepared(fp32.module, folder / "chosen" / record["file"])
+    return quant.Guard(chosen, record["row"], record["met"], record["rows"], [tuple(s) for s in record["sensitivity"]]), float(hit)
 
 
 def graph_of(built: Built) -> Path | torch.nn.Module:
@@ -124,48 +194,59 @@ def _csv(rows: list[dict]) -> str:
 def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
     conf = config.validate(cfg)  # ranges first: a bad value costs nothing
     hardware.check(conf.hardware)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    config_hash = tracking.config_hash(resolved)
+    name = _run_name(conf)
+    if conf.resume and (done := tracking.finished_trial(conf.tracking, config_hash)) is not None:
+        log.info("[%s] resume: already FINISHED as run %s; skipped", name, done.info.run_id)
+        return dict(done.data.metrics)
     workdir = Path(workdir) if workdir else _workdir()
     workdir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     params = tracking.flatten(resolved)
+    stages = Stages(name)
 
-    with tracking.trial(conf.tracking, run_name=_run_name(conf), params=params, parent_run_id=tracking.parent_run_id()):
+    with tracking.trial(conf.tracking, run_name=name, params=params, parent_run_id=tracking.parent_run_id(),
+                        config_hash=config_hash):
         import mlflow
 
-        root, calib, scored = data.load(conf.data)
+        with stages("data"):
+            root, calib, scored = data.load(conf.data)
         mlflow.log_params({
             "protocol.data_root": str(root),
             "protocol.n_scored": len(scored),
             "protocol.n_calib": len(calib),
             "protocol.images_resized": calib.resized + scored.resized,
             "protocol.threads": hardware.threads(conf.hardware),
+            "protocol.parallel_jobs": hardware.parallel_jobs(),
             "protocol.latency_batch": 1,
             "protocol.latency_input": "first scored plate",
         })
         mlflow.log_text("\n".join(scored.files) + "\n", "scored_files.txt")
         mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
 
-        built = build(conf, root, calib, scored, workdir)
+        built = build(conf, root, calib, scored, workdir, stages)
         rt = built.runtime
         metrics = {"sparsity": built.sparsity, "params_dense": built.params_dense, "macs": size.macs(built.fp32_onnx),
-                   **built.compile_stats}
+                   **built.compile_stats, **built.cache_hits}
         if built.channels:
             mlflow.log_text(_csv([{"conv": k, "channels_before": a, "channels_after": b} for k, (a, b) in built.channels.items()]),
                             "structured_channels.csv")
         if built.guard:
             metrics.update(_log_quant(conf, built, len(calib)))
 
-        log.info("evaluating %s on %d scored plates", rt.name, len(scored))
-        result = evaluate.run(rt, scored, conf.evaluate)
+        with stages("evaluate"):
+            result = evaluate.run(rt, scored, conf.evaluate)
         metrics.update(accuracy=result.accuracy, char_accuracy=result.char_accuracy)
         if "accuracy_fp32" in metrics:
             metrics["accuracy_drop_pts"] = 100 * (metrics["accuracy_fp32"] - result.accuracy)
-        log.info("benchmarking %s: %d warm-up, %d timed calls", rt.name, conf.benchmark.warmup, conf.benchmark.repeats)
-        metrics.update(benchmark.run(rt, scored, conf.benchmark))
-        metrics.update(size.measure(rt.artifacts, graph_of(built)))
+        with stages("benchmark"):
+            metrics.update(benchmark.run(rt, scored, conf.benchmark))
+        with stages("size"):
+            metrics.update(size.measure(rt.artifacts, graph_of(built)))
+        metrics.update(stages.seconds)
         mlflow.log_metrics(metrics)
         mlflow.log_text(_predictions_csv(scored, result), "predictions.csv")
         for path in {built.fp32_onnx, *rt.artifacts}:
             mlflow.log_artifact(str(path))
-    log.info("accuracy %.4f, p50 %.2f ms", metrics["accuracy"], metrics["latency_p50_ms"])
+    log.info("[%s] accuracy %.4f, p50 %.2f ms", name, metrics["accuracy"], metrics["latency_p50_ms"])
     return metrics

@@ -188,7 +188,8 @@ def load(cfg: tracking.TrackingConfig, sweep: str = "latest") -> Sweep:
             parent = client.get_run(sweep)
         except Exception:
             raise LookupError(f"no run {sweep!r} at {cfg.uri}; pass the parent run id shown by the sweep") from None
-    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=5000)
+    # a resumed sweep re-ran its interrupted trials: show each config once
+    runs = tracking.latest_per_config(client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=5000))
     if not runs:
         raise LookupError(f"sweep {parent.info.run_id} has no trials in experiment {cfg.experiment!r}; pass --sweep <parent run id>")
     trials = [_trial(r) for r in runs]

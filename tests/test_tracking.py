@@ -2,7 +2,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from lpr_sweep import tracking
+from lpr_sweep import ConfigError, tracking
 from lpr_sweep.tracking import TrackingConfig
 
 
@@ -56,9 +56,41 @@ def test_child_points_at_its_parent(cfg):
 
 def test_relative_sqlite_path_is_pinned_to_the_launch_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert tracking.tracking_uri(TrackingConfig(uri="sqlite:///x.db")) == f"sqlite:///{tmp_path}/x.db"
+    assert tracking.tracking_uri(TrackingConfig(uri="sqlite:///x.db")) == f"sqlite:///{tmp_path}/x.db?timeout=60"
+    assert tracking.tracking_uri(TrackingConfig(uri="sqlite:////abs/x.db?timeout=5")) == "sqlite:////abs/x.db?timeout=5"
     assert tracking.tracking_uri(TrackingConfig(uri="http://127.0.0.1:5000")) == "http://127.0.0.1:5000"
 
 
 def test_flatten_nested_config():
     assert tracking.flatten({"a": {"b": 1, "c": {"d": None}}, "e": [1, 2]}) == {"a.b": "1", "a.c.d": "None", "e": "[1, 2]"}
+
+
+def test_config_hash_ignores_where_results_and_data_live():
+    a = {"prune": {"ratio": 0.5}, "data": {"root": "/a", "seed": 0}, "tracking": {"uri": "x"}, "resume": False, "cache": {"dir": "a"}}
+    b = {"prune": {"ratio": 0.5}, "data": {"root": "/b", "seed": 0}, "tracking": {"uri": "y"}, "resume": True, "cache": {"dir": "b"}}
+    assert tracking.config_hash(a) == tracking.config_hash(b)
+    assert tracking.config_hash(a) != tracking.config_hash({**a, "prune": {"ratio": 0.6}})
+    assert tracking.config_hash(a) != tracking.config_hash({**a, "data": {"root": "/a", "seed": 1}})
+
+
+def test_unreachable_server_fails_fast_with_the_fix(monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=f"MLflow tracking server http://127.0.0.1:{port} is unreachable .*start it"):
+        tracking.experiment_id(TrackingConfig(uri=f"http://127.0.0.1:{port}", artifact_root="", request_timeout_s=2))
+    assert time.perf_counter() - t0 < 5
+
+
+def test_latest_per_config_keeps_the_finished_rerun():
+    from types import SimpleNamespace as NS
+
+    def run(rid, status, start, h):
+        return NS(info=NS(run_id=rid, status=status, start_time=start), data=NS(tags={tracking.HASH_TAG: h}))
+
+    runs = [run("old", "KILLED", 1, "a"), run("new", "FINISHED", 2, "a"), run("b", "FAILED", 1, "b"), run("c", "FINISHED", 3, "")]
+    assert sorted(r.info.run_id for r in tracking.latest_per_config(runs)) == ["b", "c", "new"]

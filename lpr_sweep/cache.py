@@ -1,0 +1,81 @@
+"""Content-addressed stage cache: a trial reuses what an earlier trial built from the same inputs.
+
+Keys hash every input of a stage: the weights file's bytes, the prune config, the model norm, the
+code and package versions, and for the quant stage the export key, the quant config, the runtime
+and the plate lists (the guard scores on the scored plates). An entry is a folder built under a
+temporary name and renamed into place, so parallel trials never see a half-written entry; when two
+build the same key at once, the first rename wins and the other's copy is dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf")
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = True
+    dir: str = "auto"  # auto = $XDG_CACHE_HOME/lpr_sweep/stages (~/.cache/lpr_sweep/stages)
+
+
+def root(cfg: CacheConfig) -> Path:
+    if cfg.dir != "auto":
+        return Path(cfg.dir).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lpr_sweep" / "stages"
+
+
+def _code_version() -> str:
+    """Any change to this package's code or to the packages that build artifacts changes every key."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    for package in _PACKAGES:
+        try:
+            digest.update(f"{package}={metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(package.encode())
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def key(*parts: Any) -> str:
+    text = json.dumps([_code_version(), *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def fetch(cfg: CacheConfig, stage: str, key_: str, build: Callable[[Path], None], workdir: Path) -> tuple[Path, bool]:
+    """(folder with the stage's outputs, whether it came from the cache). ``build`` fills a folder."""
+    if not cfg.enabled:
+        folder = workdir / stage
+        folder.mkdir(parents=True, exist_ok=True)
+        build(folder)
+        return folder, False
+    final = root(cfg) / stage / key_
+    if final.is_dir():
+        log.info("cache: %s hit (%s)", stage, final)
+        return final, True
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key_}.", dir=final.parent))
+    try:
+        build(work)
+        try:
+            work.rename(final)
+        except OSError:  # a parallel trial stored the same key first: use its entry
+            log.info("cache: %s was stored by another trial meanwhile", stage)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final, False

@@ -1,0 +1,168 @@
+"""``python -m lpr_sweep`` as users launch it: parallel, interrupted and resumed, on Ray, against a server."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO, compose_cfg
+from lpr_sweep import tracking
+
+TINY = ["data.calib_size=2", "benchmark.repeats=3", "benchmark.warmup=1", "benchmark.throughput_batch=2",
+        "benchmark.throughput_repeats=1"]
+SIX = "prune.ratio=0.1,0.2,0.3,0.4,0.5,0.6"
+
+
+def _args(tmp_path, tiny_root, store, *overrides):
+    return [sys.executable, "-m", "lpr_sweep", "-m", f"data.root={tiny_root}", *TINY, *overrides, *store,
+            f"hydra.sweep.dir={tmp_path}/sweep", f"cache.dir={tmp_path}/cache"]
+
+
+def _sweep(tmp_path, tiny_root, store, *overrides, timeout=600):
+    return subprocess.run(_args(tmp_path, tiny_root, store, *overrides), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _runs(store):
+    cfg = tracking.TrackingConfig(uri=store[0].split("=", 1)[1], artifact_root=store[1].split("=", 1)[1])
+    exp = tracking.experiment_id(cfg)
+    client = MlflowClient()
+    parents = client.search_runs([exp], f"tags.`{tracking.ROLE_TAG}` = 'sweep'")
+    children = client.search_runs([exp], f"tags.`{tracking.ROLE_TAG}` = 'trial'")
+    return parents, children
+
+
+def test_two_way_parallel_sweep_records_six_finished_trials(tmp_path, tiny_root, store):
+    done = _sweep(tmp_path, tiny_root, store, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", SIX)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (parent,), children = _runs(store)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_trials"] == 6
+    assert sorted(r.data.params["prune.ratio"] for r in children) == ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    cores = len(os.sched_getaffinity(0))
+    jobs = min(2, cores)
+    assert {(r.data.params["protocol.parallel_jobs"], r.data.params["protocol.threads"]) for r in children} == {
+        (str(jobs), str(max(1, cores // jobs)))}
+    assert all(r.data.metrics["stage_evaluate_seconds"] > 0 for r in children)
+
+
+def test_failing_trial_is_isolated_in_a_parallel_sweep(tmp_path, tiny_root, store):
+    done = _sweep(tmp_path, tiny_root, store, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                  "model.weights=weights/Final_LPRNet_model.pth,weights/missing.pth", "prune.ratio=0.1,0.2")
+    assert done.returncode != 0 and "error: 2 of 4 trials failed" in done.stderr
+    (parent,), children = _runs(store)
+    assert parent.info.status == "FAILED"
+    assert sorted(r.info.status for r in children) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
+    assert all(r.data.tags["error"].startswith("FileNotFoundError") for r in children if r.info.status == "FAILED")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_sweep_is_closed_and_resume_reruns_only_the_rest(tmp_path, tiny_root, store, sig):
+    slow = "benchmark.repeats=3000"  # a few seconds a trial, so that the signal lands while one runs
+    proc = subprocess.Popen(_args(tmp_path, tiny_root, store, SIX, slow), cwd=REPO,
+                            stdout=open(tmp_path / "out.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline, children = time.time() + 300, []
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if (tmp_path / "sweep" / tracking.PARENT_FILE).exists():  # the store exists: safe to read
+                _, children = _runs(store)
+                if sum(r.info.status == "FINISHED" for r in children) >= 2:
+                    break
+        sent = f"signal sent at {time.strftime('%H:%M:%S')} with {[r.info.status for r in children]}"
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    (parent,), children = _runs(store)
+    finished = {r.info.run_id for r in children if r.info.status == "FINISHED"}
+    log = sent + "\n" + (tmp_path / "out.log").read_text()[-3000:]
+    assert parent.info.status == "KILLED", log
+    assert 2 <= len(finished) < 6, log
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)  # nothing left RUNNING
+
+    done = _sweep(tmp_path, tiny_root, store, SIX, slow, "resume=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("resume: already FINISHED") == len(finished)
+    (parent2,), after = _runs(store)
+    assert parent2.info.run_id == parent.info.run_id and parent2.info.status == "FINISHED"
+    latest = tracking.latest_per_config(after)
+    assert len(latest) == 6 and all(r.info.status == "FINISHED" for r in latest)
+    assert finished <= {r.info.run_id for r in latest}  # the earlier finished runs were kept, not re-run
+
+
+@pytest.mark.slow
+def test_ray_sweep_runs_every_trial(tmp_path, tiny_root, store):
+    done = _sweep(tmp_path, tiny_root, store, "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+                  "prune.ratio=0.1,0.2,0.3", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (parent,), children = _runs(store)
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.data.params["prune.ratio"] for r in children) == ["0.1", "0.2", "0.3"]
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_slurm_preset_composes():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.cpus_per_task, launcher.timeout_min) == ("gpu", 4, 60)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "served")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                tracking._check_server(uri, 2)
+                break
+            except Exception:
+                time.sleep(1)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_trial_against_a_local_tracking_server(tmp_path, tiny_root, server):
+    from lpr_sweep import pipeline
+
+    overrides = ["tracking=server", f"tracking.uri={server}", f"data.root={tiny_root}", *TINY, f"cache.dir={tmp_path}/cache"]
+    metrics = pipeline.run(compose_cfg(overrides), workdir=tmp_path / "w")
+    client = MlflowClient(server)
+    exp = client.get_experiment_by_name("lpr_sweep")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["accuracy"] == metrics["accuracy"]
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert "model.onnx" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_unreachable_server_fails_the_sweep_at_once(tmp_path, tiny_root):
+    t0 = time.time()
+    done = subprocess.run(
+        [sys.executable, "-m", "lpr_sweep", "-m", "tracking=server", f"tracking.uri=http://127.0.0.1:{_free_port()}",
+         "tracking.request_timeout_s=2", f"data.root={tiny_root}", "prune.ratio=0.1,0.2", f"hydra.sweep.dir={tmp_path}/s"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode != 0 and "is unreachable" in done.stderr and "start it" in done.stderr
+    assert time.time() - t0 < 60
