@@ -7,7 +7,7 @@ DATA_ROOT ?= $(or $(LPR_DATA_ROOT),../shared/data/lprnet)
 export LPR_DATA_ROOT := $(abspath $(DATA_ROOT))
 SWEEP ?= prune.scope=global,layer prune.ratio=0.0,0.1,0.5,0.7,0.9
 
-.PHONY: help setup data sweep test bench ui clean
+.PHONY: help setup data sweep test bench bench-sweep ui clean
 
 help: ## list targets
 	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test: data ## run the test suite
 
 bench: data ## every runtime and optimization side by side in one process (ratios, MACs, accuracy)
 	$(PY) -m lpr_sweep.bench
+
+bench-sweep: data ## wall time of a 6-trial sweep: serial vs 2-way parallel, cold vs warm stage cache
+	$(PY) -m lpr_sweep.bench_sweep
 
 ui: setup ## serve the MLflow UI on http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlruns --host 127.0.0.1 --port 5000

@@ -16,6 +16,8 @@ _ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_
 class HardwareConfig:
     device: str = "cpu"
     threads: int = 0  # intra-op threads per trial; 0 = every core this process may use
+    # cuda: cuDNN's TF32 convolutions (torch's default) flip one of the 900 scored plates; fp32 stays fp32 unless asked
+    allow_tf32: bool = False
 
     def __post_init__(self):
         if self.device not in DEVICES:

@@ -74,6 +74,8 @@ class TorchRuntime:
         torch.set_num_threads(hw.threads(hardware))
         self._torch = torch
         self.device = torch.device(hardware.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = hardware.allow_tf32
         self.model = prepared.module.to(self.device)
         if prepared.artifact is None:
             artifact = workdir / "model.pt"
