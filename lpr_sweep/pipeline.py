@@ -91,6 +91,7 @@ def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plat
     same inputs; pruning is cheap and deterministic, so it always runs (the torch runtime needs it).
     """
     stages = stages or Stages()
+    workdir.mkdir(parents=True, exist_ok=True)
     weights = Path(conf.model.weights)
     weights = weights if weights.is_absolute() else root / weights
     with stages("prune"):

@@ -309,6 +309,12 @@ def plot(sweep: Sweep, champion: Trial | None, front: list[Trial], path: Path) -
             x, y = champion.metrics["latency_p50_ms"], 100 * champion.metrics["accuracy"]
             ax.scatter([x], [y], s=200, marker="*", color="gold", edgecolor="k", zorder=5, label="champion")
             ax.annotate(champion.name, (x, y), textcoords="offset points", xytext=(8, -12), fontsize=8)
+        # Zoom on the front: a broken trial at 0 % would squash every useful point into one line.
+        floor = min(100 * t.metrics["accuracy"] for t in front) - 5
+        below = sum(100 * t.metrics["accuracy"] < floor for t in done)
+        if below:
+            ax.set_ylim(bottom=floor, top=100 * max(t.metrics["accuracy"] for t in done) + 1)
+            ax.text(0.01, 0.01, f"{below} trial(s) below {floor:.0f} % not shown", transform=ax.transAxes, fontsize=8)
     ax.set_xlabel("p50 latency, batch 1 (ms)")
     ax.set_ylabel("accuracy on scored plates (%)")
     ax.set_title(f"sweep {sweep.parent_id[:8]}: {len(done)} finished of {len(sweep.trials)} trials")
