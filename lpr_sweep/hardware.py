@@ -27,17 +27,21 @@ class HardwareConfig:
 
 
 def parallel_jobs() -> int:
-    """How many trials the joblib launcher runs at once on this machine (1 for any other launcher)."""
+    """How many trials the launcher runs at once on this machine (1 for the basic launcher)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return 1
     launcher = HydraConfig.get().launcher
-    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
-        return 1
+    target = str(launcher.get("_target_", ""))
     cores = len(os.sched_getaffinity(0))
-    n = launcher.get("n_jobs") or 1
-    return cores if n < 0 else min(n, cores)  # joblib's -1 means one job per core
+    if target.endswith("JoblibLauncher"):
+        n = launcher.get("n_jobs") or 1
+        return cores if n < 0 else min(n, cores)  # joblib's -1 means one job per core
+    if target.endswith("RayLauncher"):  # Ray runs as many tasks as their CPU reservation lets fit
+        per_task = (launcher.get("ray", {}).get("remote", {}) or {}).get("num_cpus") or 1
+        return max(1, cores // per_task)
+    return 1
 
 
 def threads(cfg: HardwareConfig) -> int:

@@ -135,9 +135,12 @@ class LPRNet(nn.Module):
             x = layer(x)
             if i in _KEEP:
                 kept.append(x)
-        pooled = [pool(f) for pool, f in zip(self.context_pools, kept)]
-        norms = [self._norm(f, i) for i, f in enumerate(pooled)]
-        x = self.container(torch.cat([f / d for f, d in zip(pooled, norms)], dim=1))
+        context, norms = [], []
+        for i, (pool, f) in enumerate(zip(self.context_pools, kept)):  # one branch at a time, as upstream:
+            f = pool(f)  # the exported graph, and so the TVM tuning database key, stay the same
+            norms.append(self._norm(f, i))
+            context.append(f / norms[-1])
+        x = self.container(torch.cat(context, dim=1))
         if self.folded_logits is not None:
             for i, d in enumerate(norms):
                 x = x + self.folded_logits[i].view(1, -1, 1, 1) / d

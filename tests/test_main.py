@@ -103,6 +103,9 @@ def test_ray_sweep_runs_every_trial(tmp_path, tiny_root, store):
     assert parent.info.status == "FINISHED"
     assert sorted(r.data.params["prune.ratio"] for r in children) == ["0.1", "0.2", "0.3"]
     assert all(r.info.status == "FINISHED" for r in children)
+    cores = os.cpu_count() if not hasattr(os, "sched_getaffinity") else len(os.sched_getaffinity(0))
+    # one CPU reserved per Ray task, so as many trials as cores at once, one thread each
+    assert {(r.data.params["protocol.parallel_jobs"], r.data.params["protocol.threads"]) for r in children} == {(str(cores), "1")}
 
 
 def test_slurm_preset_composes():
