@@ -101,14 +101,16 @@ def test_list_sweep_refuses_a_bad_job_before_running_any(tmp_path, tiny_root, st
 def test_search_sweep_runs_its_budget_of_valid_trials(tmp_path, tiny_root, store):
     done = _run(
         tmp_path, tiny_root, store, "-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=4",
-        "~hydra.sweeper.params", "+hydra.sweeper.params={prune.ratio:'interval(0.0,0.9)',quant:'choice(none,nncf)'}",
+        "~hydra.sweeper.params",
+        "+hydra.sweeper.params={prune.ratio:'interval(0.0,0.9)',quant:'choice(none,nncf)',prune.scope:'choice(global,layer)'}",
         "runtime=choice(onnxruntime,openvino)",  # a search dimension given on the command line
+        "prune.scope=layer",  # a fixed value takes its key out of the search
     )
     assert done.returncode == 0, done.stderr[-3000:]
     _, parent, children = _children(store)
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
     for r in children:
-        assert 0.0 <= float(r.data.params["prune.ratio"]) <= 0.9
+        assert 0.0 <= float(r.data.params["prune.ratio"]) <= 0.9 and r.data.params["prune.scope"] == "layer"
         assert r.data.params["quant.backend"] == "none" or r.data.params["runtime.name"] == "openvino"
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert results["objectives"] == ["accuracy", "latency_p50_ms"] and results["pareto_front"]

@@ -122,7 +122,8 @@ class OptunaSweeper(Sweeper):
         for o in parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments)):
             if o.is_sweep_override():
                 space[o.get_key_element()] = distribution(o)
-            else:
+            else:  # a fixed value on the command line takes its key out of the search
+                space.pop(o.get_key_element(), None)
                 fixed.append(o.input_line)
         study = self._study()
         sweep_dir = Path(self.config.hydra.sweep.dir)
