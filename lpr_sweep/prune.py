@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from lpr_sweep import ConfigError
-from lpr_sweep.model import INPUT_HW, ChannelStridePool, LPRNet
+from lpr_sweep.model import INPUT_HW, LPRNet
 
 Scope = Enum("Scope", {"layer": "layer", "global": "global"})  # functional form: `global` is a keyword
 

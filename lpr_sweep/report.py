@@ -272,7 +272,7 @@ def markdown(sweep: Sweep, rule: Rule, champion: Trial | None, front: list[Trial
         f"- Trials: {len(sweep.trials)} ({failed} failed or incomplete); folder: {sweep.sweep_dir or 'unknown'}",
         f"- Rule: {rule}",
         f"- Champion: {note}",
-        f"- Baseline (drop and speed-up are against it): "
+        "- Baseline (drop and speed-up are against it): "
         + (f"{base.name} (run {base.run_id}), accuracy {base.metrics['accuracy']:.4f}, {sweep.baseline_note}" if base else "none found; drop and speed-up are left empty"),
         f"- Pareto front over accuracy (max), p50 latency (min), file size (min): {len(front)} trials, marked `front`",
         f"- Protocol: accuracy on {p.get('protocol.n_scored', '?')} scored plates; {p.get('protocol.n_calib', '?')} calibration "
