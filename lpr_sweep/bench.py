@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     with initialize(config_path="../conf", version_base="1.3"), tempfile.TemporaryDirectory() as tmp:
         confs = {n: config.validate(compose("config", overrides=[*ROWS[n], f"hardware.threads={args.threads}"])) for n in names}
         root, calib, scored = data.load(confs["ORT fp32"].data)
-        built = {n: pipeline.build(confs[n], root, calib, scored, Path(tmp) / str(i)) for i, n in enumerate(names)}
+        built = {n: pipeline.build(confs[n], root, calib, scored, Path(tmp) / str(i), pipeline.Stages(n))
+                 for i, n in enumerate(names)}
         x = benchmark.inputs(scored, 1)
         for b in built.values():
             benchmark.time_calls(b.runtime, x, args.warmup, 1)

@@ -89,10 +89,9 @@ def experiment_id(cfg: TrackingConfig) -> str:
     found = mlflow.get_experiment_by_name(cfg.experiment)
     if found is not None:
         return found.experiment_id
-    location = None
+    location = None  # a tracking server chooses its own artifact store
     if cfg.artifact_root:
-        root = cfg.artifact_root if "://" in cfg.artifact_root else (launch_dir() / cfg.artifact_root).resolve().as_uri()
-        location = root
+        location = cfg.artifact_root if "://" in cfg.artifact_root else (launch_dir() / cfg.artifact_root).resolve().as_uri()
     try:
         return mlflow.create_experiment(cfg.experiment, artifact_location=location)
     except MlflowException:  # another process created it first

@@ -51,9 +51,7 @@ def distribution(override: Override) -> Any:
     import optuna.distributions as d
 
     value = override.value()
-    if isinstance(value, ChoiceSweep):
-        return d.CategoricalDistribution(list(override.sweep_iterator()))
-    if isinstance(value, RangeSweep):
+    if isinstance(value, (ChoiceSweep, RangeSweep)):
         return d.CategoricalDistribution(list(override.sweep_iterator()))
     if isinstance(value, IntervalSweep):  # Hydra parses interval bounds as floats; integers go through range()
         return d.FloatDistribution(value.start, value.end, log="log" in value.tags)
