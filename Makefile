@@ -7,10 +7,10 @@ DATA_ROOT ?= $(or $(LPR_DATA_ROOT),../shared/data/lprnet)
 export LPR_DATA_ROOT := $(abspath $(DATA_ROOT))
 SWEEP ?= prune.scope=global,layer prune.ratio=0.0,0.1,0.5,0.7,0.9
 
-.PHONY: help setup data sweep test bench bench-sweep ui clean
+.PHONY: help setup data sweep test test-fast bench bench-sweep ui clean
 
 help: ## list targets
-	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,11 @@ sweep: data ## run the default sweep (override with SWEEP="key=a,b ...")
 	$(PY) -m lpr_sweep -m $(SWEEP)
 	$(PY) -m lpr_sweep.report
 
-test: data ## run the test suite
+test: data ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
+
+test-fast: data ## the inner loop: every test not marked slow (under 3 minutes)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: data ## every runtime and optimization side by side in one process (ratios, MACs, accuracy)
 	$(PY) -m lpr_sweep.bench

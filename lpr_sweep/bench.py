@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
         for n in names:
             b, p50 = built[n], stats[n]["latency_p50_ms"]
-            sizes = size.measure(b.runtime.artifacts, pipeline.graph_of(b))
+            sizes = size.measure(b.runtime.artifacts, b.runtime.constants())
             ratios = " | ".join(f"{stats[base]['latency_p50_ms'] / p50:.2f}x" for base in BASELINES)
             guard = "-" if b.guard is None else f"{b.guard.row['method']}, float: {b.guard.row['keep_float']}" + ("" if b.guard.met else " (NOT met)")
             print(f"| {n} | {size.macs(b.fp32_onnx) / 1e6:.1f} | {p50:.2f} | {stats[n]['latency_p90_ms']:.2f} | {ratios} | {accuracy[n]:.4f} "

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
-_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf")
+_PACKAGES = ("torch", "onnx", "onnxscript")  # export; a stage adds the packages of its runtime and backend
 
 
 @dataclass
@@ -35,12 +35,12 @@ def root(cfg: CacheConfig) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lpr_sweep" / "stages"
 
 
-def _code_version() -> str:
+def _code_version(packages: tuple[str, ...]) -> str:
     """Any change to this package's code or to the packages that build artifacts changes every key."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
         digest.update(path.read_bytes())
-    for package in _PACKAGES:
+    for package in sorted({*_PACKAGES, *packages}):
         try:
             digest.update(f"{package}={metadata.version(package)}".encode())
         except metadata.PackageNotFoundError:
@@ -52,8 +52,9 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def key(*parts: Any) -> str:
-    text = json.dumps([_code_version(), *parts], sort_keys=True, default=str)
+def key(*parts: Any, packages: tuple[str, ...] = ()) -> str:
+    """A stage's key: its inputs, this code, and the versions of ``packages`` (the stage's backends)."""
+    text = json.dumps([_code_version(packages), *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

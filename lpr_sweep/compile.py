@@ -8,7 +8,7 @@ TVM version and the budget, and lives in a user cache: every pruning ratio share
 only the first trial of a sweep pays for tuning. A file lock serialises trials that would tune the
 same key; a database is tuned in a temporary folder and renamed into place only when complete.
 
-Two traps on this machine (shared/NOTES.md) are handled here: builder workers need ~35 s to start,
+Two traps of this TVM (docs/measured.md, "TVM") are handled here: builder workers need ~35 s to start,
 so the builder timeout is a config value well above that, and a tuning run in which no candidate
 built raises with the builder's message instead of silently measuring nothing.
 """
@@ -31,7 +31,7 @@ import numpy as np
 from lpr_sweep import ConfigError
 from lpr_sweep import hardware as hw
 from lpr_sweep.model import INPUT_HW
-from lpr_sweep.runtime import Prepared
+from lpr_sweep.model_file import ModelFile
 
 log = logging.getLogger(__name__)
 TARGET_FILE = "target.json"
@@ -233,17 +233,17 @@ def _check_target(path: Path, target) -> None:
         )
 
 
-def run(prepared: Prepared, cfg: CompileConfig, hardware: hw.HardwareConfig, workdir: Path) -> tuple[Prepared, dict[str, float]]:
-    """Compile ``prepared.path`` (ONNX) into ``workdir/model_tvm.so``; return it and the tuning metrics."""
+def run(model_file: ModelFile, cfg: CompileConfig, hardware: hw.HardwareConfig, workdir: Path) -> tuple[ModelFile, dict[str, float]]:
+    """Compile ``model_file.path`` (ONNX) into ``workdir/model_tvm.so``; return it and the tuning metrics."""
     import tvm
     from tvm import relax
     from tvm.relax import transform
 
-    if prepared.path.suffix != ".onnx":
-        raise ConfigError(f"runtime=tvm compiles ONNX; it cannot take {prepared.path.name}")
+    if model_file.format != "onnx":
+        raise ConfigError(f"the compile stage lowers ONNX; it cannot take {model_file.path.name}")
     threads = hw.threads(hardware)
     target = target_of(cfg, threads)
-    mod, params = _relax_module(prepared.path)
+    mod, params = _relax_module(model_file.path)
     if not cfg.cpu_weight_prepack:
         mod = relax.transform.BindParams("main", params)(mod)  # weights become constants in the library
     # TVM's ONNX importer turns QDQ pairs into quantize/dequantize around fp32 ops: an int8 QDQ graph
@@ -265,7 +265,7 @@ def run(prepared: Prepared, cfg: CompileConfig, hardware: hw.HardwareConfig, wor
         # The library takes the weights as inputs and rewrites their layout once at load time
         # (main_transform_params); ship the originals beside it, in parameter order.
         np.savez(params_file(library), *[p.numpy() for p in params.values()])
-    return Prepared(prepared.module, library), stats
+    return ModelFile(model_file.module, library, source=model_file.path), stats
 
 
 def params_file(library: Path) -> Path:

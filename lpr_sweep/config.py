@@ -6,14 +6,14 @@ dataclass's ``__post_init__`` in ``validate``, before a trial does any work.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lpr_sweep import ConfigError
+from lpr_sweep import ConfigError, runtime
 from lpr_sweep.benchmark import BenchmarkConfig
 from lpr_sweep.cache import CacheConfig
 from lpr_sweep.compile import CompileConfig
@@ -52,11 +52,7 @@ class Config:
 
     def __post_init__(self):
         check_pairing(self.quant, self.runtime.name, self.data.calib_size)
-        if self.runtime.name == "tvm":
-            if self.model.norm == "batch":
-                raise ConfigError("runtime=tvm compiles a batch-1 library, so model.norm=batch cannot see the batch; use model.norm=sample")
-            if self.hardware.device != "cpu":
-                raise ConfigError(f"runtime=tvm with hardware={self.hardware.device}: this TVM wheel has no CUDA; use hardware=cpu")
+        runtime.check(self)  # what the runtime's class declares it cannot run
 
 
 def register() -> None:
@@ -74,6 +70,20 @@ def validate(cfg: DictConfig) -> Config:
 
 
 
+def expand(arguments: Sequence[str], jobs: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Every job's overrides after the command line's (the job's win), each job's sweeps expanded."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    [base] = BasicSweeper.split_arguments(parser.parse_overrides(list(arguments)), None)
+    out = []
+    for job in jobs or [[]]:
+        [expanded] = BasicSweeper.split_arguments(parser.parse_overrides(list(job)), None)
+        out += [b + e for b in base for e in expanded]
+    return out
+
+
 class ValidateSweep(Callback):
     """Compose and validate every job of a multirun before the first one starts.
 
@@ -83,8 +93,6 @@ class ValidateSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra import compose
-
-        from hydra_plugins.lpr_sweep_sweeper.sweeper import expand
 
         sweeper = config.hydra.sweeper
         if "jobs" not in sweeper and not sweeper._target_.endswith(".BasicSweeper"):

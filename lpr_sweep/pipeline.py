@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import shutil
 import tempfile
@@ -16,12 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import torch
-
 from omegaconf import DictConfig, OmegaConf
 
-from lpr_sweep import benchmark, cache, compile, config, data, evaluate, export, hardware, prune, quant, runtime, size, tracking
+from lpr_sweep import benchmark, cache, config, data, evaluate, export, hardware, prune, quant, runtime, size, tracking
 from lpr_sweep import model as lprnet
+from lpr_sweep.model_file import ModelFile
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +70,37 @@ class Built:
     """A trial's model, ready to measure."""
 
     runtime: runtime.Runtime
-    prepared: runtime.Prepared
+    model_file: ModelFile  # what the runtime was built from (before any lowering)
     fp32_onnx: Path
     sparsity: float
     params_dense: int
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)  # structured: conv -> (before, after)
     guard: quant.Guard | None = None
     fp32_accuracy: float | None = None
-    compile_stats: dict[str, float] = field(default_factory=dict)
+    lowering_stats: dict[str, float] = field(default_factory=dict)
     cache_hits: dict[str, float] = field(default_factory=dict)
+
+
+class _Runner:
+    """Lowers (where the runtime declares a lowering stage) and builds the trial's runtime, as often
+    as the int8 guard asks; counts and seconds add up over every build, the rest is the last's."""
+
+    def __init__(self, conf: config.Config, workdir: Path, stages: Stages):
+        self.conf, self.workdir, self.stages = conf, workdir, stages
+        self.stage = getattr(runtime.get(conf.runtime), "lowering", None)
+        self.builds = 0
+        self.stats: dict[str, float] = {}
+
+    def __call__(self, model_file: ModelFile) -> runtime.Runtime:
+        if self.stage:
+            # A folder per build: the guard's candidates must not overwrite a library still loaded.
+            with self.stages(self.stage):
+                model_file, stats = runtime.lower(self.conf, model_file, self.workdir / f"{self.stage}_{self.builds}")
+            self.builds += 1
+            for key, value in stats.items():
+                additive = key.endswith(("_seconds", "_run")) and key in self.stats
+                self.stats[key] = self.stats[key] + value if additive else value
+        return runtime.build(self.conf.runtime, model_file, self.conf.hardware, self.workdir)
 
 
 def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plates, workdir: Path,
@@ -102,71 +122,46 @@ def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plat
     export_key = cache.key("export", cache.file_digest(weights), asdict(conf.prune), conf.model.norm)
     with stages("export"):
         folder, hit = cache.fetch(conf.cache, "export", export_key, lambda out: export.to_onnx(net, out / "model.onnx"), workdir)
-        prepared = runtime.Prepared(net, Path(shutil.copy(folder / "model.onnx", workdir / "model.onnx")))
+        fp32 = ModelFile(net, Path(shutil.copy(folder / "model.onnx", workdir / "model.onnx")))
     hits = {"cache_hit_export": float(hit)}
 
-    compile_stats: dict[str, float] = {}
-    builds: list[dict[str, float]] = []
-
-    def on_runtime(p: runtime.Prepared) -> runtime.Runtime:
-        if conf.runtime.name == "tvm":  # TVM runs what the compile stage builds from the ONNX file
-            # A folder per build: the guard's candidates must not overwrite a library still loaded.
-            with stages("compile"):
-                p, stats = compile.run(p, conf.compile, conf.hardware, workdir / f"tvm_{len(builds)}")
-            builds.append(stats)
-            compile_stats.update(stats)
-            for key in ("tune_trials_run", "tune_seconds"):  # every build of this trial counts
-                compile_stats[key] = sum(b[key] for b in builds)
-        return runtime.build(conf.runtime.name, p, conf.hardware, workdir)
-
+    runner = _Runner(conf, workdir, stages)
     with stages("runtime"):
-        built = Built(on_runtime(prepared), prepared, prepared.path, sparsity, prune.params_dense(net), channels,
-                      compile_stats=compile_stats, cache_hits=hits)
+        built = Built(runner(fp32), fp32, fp32.path, sparsity, prune.params_dense(net), channels,
+                      lowering_stats=runner.stats, cache_hits=hits)
     if conf.quant.backend != "none":
         with stages("evaluate_fp32"):
             built.fp32_accuracy = evaluate.run(built.runtime, scored, conf.evaluate).accuracy
         with stages("quant"):
-            built.guard, hits["cache_hit_quant"] = _quantize(conf, prepared, export_key, calib, scored, on_runtime,
+            built.guard, hits["cache_hit_quant"] = _quantize(conf, fp32, export_key, calib, scored, runner,
                                                              built.fp32_accuracy, workdir)
-        built.prepared = built.guard.chosen
+        built.model_file = built.guard.chosen
         with stages("runtime"):
-            built.runtime = on_runtime(built.prepared)
+            built.runtime = runner(built.model_file)
     hits["cache_hits"] = sum(hits.values())
     return built
 
 
-def _quantize(conf: config.Config, fp32: runtime.Prepared, export_key: str, calib: data.Plates, scored: data.Plates,
-              on_runtime, fp32_accuracy: float, workdir: Path) -> tuple[quant.Guard, float]:
+def _quantize(conf: config.Config, fp32: ModelFile, export_key: str, calib: data.Plates, scored: data.Plates,
+              runner: _Runner, fp32_accuracy: float, workdir: Path) -> tuple[quant.Guard, float]:
     """The accuracy guard's choice, from the stage cache when this export was quantized so before."""
+    backend = quant.backend_of(conf.quant)
 
     def guard() -> quant.Guard:
         return quant.run(
-            fp32, calib, scored, conf.quant, build=on_runtime, fp32_accuracy=fp32_accuracy,
-            layers=[name for name, _ in prune.conv_layers(fp32.module)], workdir=workdir / "quant", score_cfg=conf.evaluate,
+            fp32, calib.images, conf.quant, score=lambda m: evaluate.run(runner(m), scored, conf.evaluate).accuracy,
+            logits=lambda m, images: runner(m)(images), fp32_accuracy=fp32_accuracy,
+            layers=[name for name, _ in prune.conv_layers(fp32.module)], workdir=workdir / "quant",
         )
 
-    if conf.quant.backend == "torch_x86":  # its product is a compiled in-memory module: nothing to store
+    if not backend.cacheable:
         return guard(), 0.0
-
-    def store(out: Path) -> None:
-        chosen = guard()
-        shutil.copytree(chosen.chosen.path.parent, out / "chosen")
-        record = {"file": chosen.chosen.path.name, "row": chosen.row, "met": chosen.met, "rows": chosen.rows,
-                  "sensitivity": chosen.sensitivity}
-        (out / "guard.json").write_text(json.dumps(record, default=float))
-
-    key = cache.key("quant", export_key, asdict(conf.quant), conf.runtime.name,
-                    asdict(conf.compile) if conf.runtime.name == "tvm" else None, asdict(conf.evaluate),
-                    calib.files[: conf.quant.calib_size], scored.files, conf.hardware.device)
-    folder, hit = cache.fetch(conf.cache, "quant", key, store, workdir)
-    record = json.loads((folder / "guard.json").read_text())
-    chosen = runtime.Prepared(fp32.module, folder / "chosen" / record["file"])
-    return quant.Guard(chosen, record["row"], record["met"], record["rows"], [tuple(s) for s in record["sensitivity"]]), float(hit)
-
-
-def graph_of(built: Built) -> Path | torch.nn.Module:
-    """What size and sparsity are counted on: the module torch runs, or the file other runtimes load."""
-    return built.prepared.module if built.runtime.name == "torch" else built.prepared.path
+    lowering = runner.stage and asdict(getattr(conf, runner.stage))  # the guard scores what the lowering builds
+    key = cache.key("quant", export_key, asdict(conf.quant), asdict(conf.runtime), lowering, asdict(conf.evaluate),
+                    calib.files[: conf.quant.calib_size], scored.files, conf.hardware.device,
+                    packages=backend.packages + runtime.get(conf.runtime).packages)
+    folder, hit = cache.fetch(conf.cache, "quant", key, lambda out: guard().save(out), workdir)
+    return quant.Guard.load(folder, fp32), float(hit)
 
 
 def _log_quant(conf: config.Config, built: Built, n_calib: int) -> dict[str, float]:
@@ -181,7 +176,7 @@ def _log_quant(conf: config.Config, built: Built, n_calib: int) -> dict[str, flo
     verdict = "met" if guard.met else f"not met: best drop {guard.row['drop_pts']:.2f} pts > {conf.quant.max_drop}"
     mlflow.set_tag("quant_guard", verdict)
     return {"accuracy_fp32": built.fp32_accuracy, "quant_candidates": len(guard.rows),
-            "sparsity_int8": size.int8_sparsity(graph_of(built))}
+            "sparsity_int8": size.int8_sparsity(built.runtime.constants())}
 
 
 def _csv(rows: list[dict]) -> str:
@@ -206,8 +201,9 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
     params = tracking.flatten(resolved)
     stages = Stages(name)
 
+    packages = runtime.get(conf.runtime).packages + (quant.backend_of(conf.quant).packages if conf.quant.backend != "none" else ())
     with tracking.trial(conf.tracking, run_name=name, params=params, parent_run_id=tracking.parent_run_id(),
-                        config_hash=config_hash):
+                        config_hash=config_hash, packages=packages):
         import mlflow
 
         with stages("data"):
@@ -228,7 +224,7 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
         built = build(conf, root, calib, scored, workdir, stages)
         rt = built.runtime
         metrics = {"sparsity": built.sparsity, "params_dense": built.params_dense, "macs": size.macs(built.fp32_onnx),
-                   **built.compile_stats, **built.cache_hits}
+                   **built.lowering_stats, **built.cache_hits}
         if built.channels:
             mlflow.log_text(_csv([{"conv": k, "channels_before": a, "channels_after": b} for k, (a, b) in built.channels.items()]),
                             "structured_channels.csv")
@@ -243,7 +239,7 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
         with stages("benchmark"):
             metrics.update(benchmark.run(rt, scored, conf.benchmark))
         with stages("size"):
-            metrics.update(size.measure(rt.artifacts, graph_of(built)))
+            metrics.update(size.measure(rt.artifacts, rt.constants()))
         metrics.update(stages.seconds)
         mlflow.log_metrics(metrics)
         mlflow.log_text(_predictions_csv(scored, result), "predictions.csv")

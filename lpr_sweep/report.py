@@ -25,12 +25,12 @@ OBJECTIVES = ("accuracy", "latency")
 CHAMPION_ALIAS = "champion"
 FRONT_KEYS = ("accuracy", "latency_p50_ms", "size_file_bytes")
 
-# The original course report's published rows, quoted from shared/NOTES.md ("The original report's
-# method"), keyed by (optimization preset, prune ratio). Its protocol differs from ours: eager
+# The original course report's published rows, quoted in docs/measured.md ("The original course
+# report"), keyed by (optimization preset, prune ratio). Its protocol differs from ours: eager
 # PyTorch on Colab, mean of 100 calls after 10 warm-ups, per-layer pruning, size = nonzero fp32
 # parameters x 4 bytes (our size_nonzero_bytes).
 PUBLISHED_SOURCE = (
-    "the original course report (quoted in shared/NOTES.md): eager PyTorch on Colab, latency = mean of 100 "
+    "the original course report (quoted in docs/measured.md): eager PyTorch on Colab, latency = mean of 100 "
     "calls after 10 warm-ups, size = nonzero fp32 parameters x 4 B, per-layer pruning (our prune.scope=layer)"
 )
 PUBLISHED = {  # accuracy, latency in ms, size in bytes (None: not published)

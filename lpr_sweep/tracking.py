@@ -33,7 +33,7 @@ PARENT_FILE = "mlflow_parent_run_id"
 ROLE_TAG = "lpr_sweep.role"  # "sweep" for parents, "trial" for children
 HASH_TAG = "lpr_sweep.config_hash"  # what resume=true matches finished trials by
 _REPO = Path(__file__).resolve().parents[1]
-_VERSIONED = ("torch", "onnxruntime", "onnx", "apache-tvm", "openvino", "nncf", "torchao", "mlflow", "hydra-core", "numpy")
+_VERSIONED = ("torch", "onnx", "mlflow", "hydra-core", "numpy")  # a trial adds its runtime's and backend's
 
 
 @dataclass
@@ -112,9 +112,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_tags() -> dict[str, str]:
+def run_tags(packages: tuple[str, ...] = ()) -> dict[str, str]:
     tags = {"git_commit": git_commit(), **hardware.fingerprint()}
-    for package in _VERSIONED:
+    for package in sorted({*_VERSIONED, *packages}):
         try:
             tags[f"version.{package}"] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -174,13 +174,13 @@ def check_interrupted() -> None:
 
 @contextmanager
 def trial(cfg: TrackingConfig, *, run_name: str, params: dict[str, Any], parent_run_id: str | None,
-          config_hash: str = "") -> Iterator[Any]:
+          config_hash: str = "", packages: tuple[str, ...] = ()) -> Iterator[Any]:
     import mlflow
 
     exp = experiment_id(cfg)
     run = mlflow.start_run(
         experiment_id=exp, run_name=run_name, parent_run_id=parent_run_id,
-        tags={**run_tags(), ROLE_TAG: "trial", HASH_TAG: config_hash},
+        tags={**run_tags(packages), ROLE_TAG: "trial", HASH_TAG: config_hash},
     )
     try:
         mlflow.log_params(params)

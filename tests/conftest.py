@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -12,11 +14,43 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import lpr_sweep.config  # noqa: F401  (registers the schema)
+from lpr_sweep import export, prune, runtime
+from lpr_sweep.hardware import HardwareConfig
 from lpr_sweep.model import LPRNet
+from lpr_sweep.model_file import ModelFile
+from lpr_sweep.prune import PruneConfig
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_ROOT = Path(os.environ.get("LPR_DATA_ROOT", REPO.parent / "shared" / "data" / "lprnet")).resolve()
 PLATES = ["京PL3N67", "川JK0707", "沪AMS087", "浙A6MX97", "粤B12345", "苏E8Z9Q1"]
+# A trial in seconds: two calibration plates, a few timed calls.
+TINY = ["data.calib_size=2", "quant.calib_size=2", "benchmark.repeats=3", "benchmark.warmup=1",
+        "benchmark.throughput_batch=2", "benchmark.throughput_repeats=1"]
+
+
+def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m lpr_sweep ARGS`` from the repo, as a user launches it."""
+    return subprocess.run([sys.executable, "-m", "lpr_sweep", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def store_config(store: list[str]):
+    """The TrackingConfig that the ``store`` overrides point at."""
+    from lpr_sweep import tracking
+
+    return tracking.TrackingConfig(uri=store[0].split("=", 1)[1], artifact_root=store[1].split("=", 1)[1])
+
+
+def sweep_runs(store: list[str]):
+    """(tracking config, every sweep parent run, every trial run) of the store, newest first."""
+    from mlflow import MlflowClient
+
+    from lpr_sweep import tracking
+
+    cfg = store_config(store)
+    exp = tracking.experiment_id(cfg)
+    client = MlflowClient()
+    parents = client.search_runs([exp], f"tags.`{tracking.ROLE_TAG}` = 'sweep'")
+    return cfg, parents, client.search_runs([exp], f"tags.`{tracking.ROLE_TAG}` = 'trial'")
 
 
 def write_manifest(root: Path) -> None:
@@ -65,3 +99,26 @@ def store(tmp_path) -> list[str]:
 def compose_cfg(overrides: list[str] = ()):
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def net_and_onnx(tmp_path_factory):
+    """A randomly initialised LPRNet, its ONNX file, and a folder for runtimes to write into."""
+    torch.manual_seed(0)
+    net = LPRNet().eval()
+    workdir = tmp_path_factory.mktemp("rt")
+    return net, export.to_onnx(net, workdir / "m.onnx"), workdir
+
+
+def build_runtime(name, net, onnx_path, workdir, **hw):
+    return runtime.build(name, ModelFile(net, onnx_path), HardwareConfig(**hw), workdir)
+
+
+@pytest.fixture(scope="module")
+def pruned_onnx(tmp_path_factory):
+    """A randomly initialised LPRNet pruned to 60 %, its ONNX file, and 20 random calibration inputs."""
+    torch.manual_seed(0)
+    net = prune.run(LPRNet().eval(), PruneConfig(ratio=0.6))
+    workdir = tmp_path_factory.mktemp("quant")
+    calib = np.random.default_rng(0).standard_normal((20, 3, 24, 94)).astype(np.float32)
+    return ModelFile(net, export.to_onnx(net, workdir / "fp32.onnx")), calib, workdir

@@ -10,6 +10,7 @@ from torch import nn
 from lpr_sweep import ConfigError, compile, export, runtime
 from lpr_sweep.compile import CompileConfig
 from lpr_sweep.hardware import HardwareConfig
+from lpr_sweep.model_file import ModelFile
 
 pytestmark = pytest.mark.slow
 HW = HardwareConfig(threads=2)
@@ -31,7 +32,7 @@ def tiny_onnx(tmp_path_factory):
     torch.manual_seed(0)
     net = Tiny().eval()
     path = export.to_onnx(net, tmp_path_factory.mktemp("tiny") / "tiny.onnx")
-    return runtime.Prepared(net, path)
+    return ModelFile(net, path)
 
 
 def _cfg(tmp_path, **kw):

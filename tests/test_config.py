@@ -1,12 +1,11 @@
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from conftest import REPO, compose_cfg
+from conftest import REPO, cli, compose_cfg
 from lpr_sweep import ConfigError, config, quant
 
 GROUPS = sorted(p.name for p in (REPO / "conf").iterdir() if p.is_dir())
@@ -20,7 +19,7 @@ def test_every_shipped_yaml_composes_and_validates(group, option):
     prefix = "+" if group == "experiment" else ""
     overrides = [f"{prefix}{group}={option}"]
     if group == "quant" and option != "none":
-        overrides.append(f"runtime={quant.RUNTIMES[option][0]}")  # each backend names the runtime it needs
+        overrides.append(f"runtime={quant.backend_of(quant.QuantConfig(backend=option)).runtimes[0]}")  # the runtime it needs
     conf = config.validate(compose_cfg(overrides))
     assert isinstance(conf, config.Config)
 
@@ -54,10 +53,7 @@ def test_unknown_scope_fails_at_compose():
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     store = [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/mlruns"]
-    return subprocess.run(
-        [sys.executable, "-m", "lpr_sweep", *args, *store, f"hydra.sweep.dir={tmp_path}/multirun"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
+    return cli(*args, *store, f"hydra.sweep.dir={tmp_path}/multirun", timeout=300)
 
 
 def test_cli_refuses_bad_ratio_with_one_line(tmp_path):
@@ -74,7 +70,8 @@ def test_multirun_validates_every_job_before_the_first(tmp_path):
     assert "prune.ratio=1.5 is outside [0, 1)" in done.stderr
     # nothing ran: no trial was exported, no run was recorded
     assert not list(tmp_path.rglob("model.onnx"))
-    assert "evaluating" not in done.stderr
+    assert "] stage " not in done.stdout + done.stderr  # no trial reached its first stage
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_cli_refuses_a_missing_data_root_with_one_line(tmp_path):

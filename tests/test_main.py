@@ -9,32 +9,26 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, compose_cfg
+from conftest import REPO, TINY, cli, compose_cfg, sweep_runs
 from lpr_sweep import tracking
 
-TINY = ["data.calib_size=2", "benchmark.repeats=3", "benchmark.warmup=1", "benchmark.throughput_batch=2",
-        "benchmark.throughput_repeats=1"]
 SIX = "prune.ratio=0.1,0.2,0.3,0.4,0.5,0.6"
 
 
 def _args(tmp_path, tiny_root, store, *overrides):
-    return [sys.executable, "-m", "lpr_sweep", "-m", f"data.root={tiny_root}", *TINY, *overrides, *store,
-            f"hydra.sweep.dir={tmp_path}/sweep", f"cache.dir={tmp_path}/cache"]
+    return ["-m", f"data.root={tiny_root}", *TINY, *overrides, *store, f"hydra.sweep.dir={tmp_path}/sweep", f"cache.dir={tmp_path}/cache"]
 
 
 def _sweep(tmp_path, tiny_root, store, *overrides, timeout=600):
-    return subprocess.run(_args(tmp_path, tiny_root, store, *overrides), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return cli(*_args(tmp_path, tiny_root, store, *overrides), timeout=timeout)
 
 
 def _runs(store):
-    cfg = tracking.TrackingConfig(uri=store[0].split("=", 1)[1], artifact_root=store[1].split("=", 1)[1])
-    exp = tracking.experiment_id(cfg)
-    client = MlflowClient()
-    parents = client.search_runs([exp], f"tags.`{tracking.ROLE_TAG}` = 'sweep'")
-    children = client.search_runs([exp], f"tags.`{tracking.ROLE_TAG}` = 'trial'")
+    _, parents, children = sweep_runs(store)
     return parents, children
 
 
+@pytest.mark.slow
 def test_two_way_parallel_sweep_records_six_finished_trials(tmp_path, tiny_root, store):
     done = _sweep(tmp_path, tiny_root, store, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", SIX)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -49,6 +43,7 @@ def test_two_way_parallel_sweep_records_six_finished_trials(tmp_path, tiny_root,
     assert all(r.data.metrics["stage_evaluate_seconds"] > 0 for r in children)
 
 
+@pytest.mark.slow
 def test_failing_trial_is_isolated_in_a_parallel_sweep(tmp_path, tiny_root, store):
     done = _sweep(tmp_path, tiny_root, store, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                   "model.weights=weights/Final_LPRNet_model.pth,weights/missing.pth", "prune.ratio=0.1,0.2")
@@ -59,10 +54,11 @@ def test_failing_trial_is_isolated_in_a_parallel_sweep(tmp_path, tiny_root, stor
     assert all(r.data.tags["error"].startswith("FileNotFoundError") for r in children if r.info.status == "FAILED")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_sweep_is_closed_and_resume_reruns_only_the_rest(tmp_path, tiny_root, store, sig):
     slow = "benchmark.repeats=3000"  # a few seconds a trial, so that the signal lands while one runs
-    proc = subprocess.Popen(_args(tmp_path, tiny_root, store, SIX, slow), cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "lpr_sweep", *_args(tmp_path, tiny_root, store, SIX, slow)], cwd=REPO,
                             stdout=open(tmp_path / "out.log", "w"), stderr=subprocess.STDOUT)
     try:
         deadline, children = time.time() + 300, []
@@ -147,6 +143,7 @@ def server(tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_trial_against_a_local_tracking_server(tmp_path, tiny_root, server):
     from lpr_sweep import pipeline
 
@@ -160,12 +157,10 @@ def test_trial_against_a_local_tracking_server(tmp_path, tiny_root, server):
     assert "model.onnx" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+@pytest.mark.slow
 def test_unreachable_server_fails_the_sweep_at_once(tmp_path, tiny_root):
     t0 = time.time()
-    done = subprocess.run(
-        [sys.executable, "-m", "lpr_sweep", "-m", "tracking=server", f"tracking.uri=http://127.0.0.1:{_free_port()}",
-         "tracking.request_timeout_s=2", f"data.root={tiny_root}", "prune.ratio=0.1,0.2", f"hydra.sweep.dir={tmp_path}/s"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
+    done = cli("-m", "tracking=server", f"tracking.uri=http://127.0.0.1:{_free_port()}", "tracking.request_timeout_s=2",
+               f"data.root={tiny_root}", "prune.ratio=0.1,0.2", f"hydra.sweep.dir={tmp_path}/s", timeout=300)
     assert done.returncode != 0 and "is unreachable" in done.stderr and "start it" in done.stderr
     assert time.time() - t0 < 60

@@ -1,15 +1,13 @@
 """End to end on the real 1,000 plates: the sweep a user types, the original protocol, a failing trial."""
 import csv
 import io
-import subprocess
-import sys
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, compose_cfg
-from lpr_sweep import data, pipeline, report, tracking
+from conftest import cli, compose_cfg, sweep_runs
+from lpr_sweep import data, pipeline, report
 
 pytestmark = pytest.mark.slow
 METRICS = {
@@ -20,18 +18,11 @@ FAST = ["benchmark.repeats=20", "benchmark.throughput_repeats=3"]
 
 
 def _sweep(tmp_path, store, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "lpr_sweep", "-m", *args, *store, *FAST, f"hydra.sweep.dir={tmp_path}/multirun"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
+    return cli("-m", *args, *store, *FAST, f"hydra.sweep.dir={tmp_path}/multirun", timeout=900)
 
 
-def _children(store_overrides):
-    cfg = tracking.TrackingConfig(uri=store_overrides[0].split("=", 1)[1], artifact_root=store_overrides[1].split("=", 1)[1])
-    exp = tracking.experiment_id(cfg)
-    client = MlflowClient()
-    (parent,) = client.search_runs([exp], f"tags.`{tracking.ROLE_TAG}` = 'sweep'")
-    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+def _children(store):
+    cfg, (parent,), children = sweep_runs(store)
     return cfg, parent, sorted(children, key=lambda r: float(r.data.params["prune.ratio"]))
 
 
@@ -59,7 +50,7 @@ def test_three_trial_sweep_lands_in_mlflow(tmp_path, store, real_root):
         assert len(rows) == 900
         assert sum(r["correct"] == "1" for r in rows) / 900 == pytest.approx(m["accuracy"])
     accuracy = [r.data.metrics["accuracy"] for r in children]
-    assert accuracy[0] > 0.88 and accuracy[1] > 0.88  # global pruning holds up to 0.5 (shared/NOTES.md)
+    assert accuracy[0] > 0.88 and accuracy[1] > 0.88  # global pruning holds up to 0.5 (docs/measured.md)
     sizes = [r.data.metrics["size_nonzero_bytes"] for r in children]
     assert sizes[0] > sizes[1] > sizes[2]
     # no unpruned trial in this sweep, so only an accuracy rule can choose

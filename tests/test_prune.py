@@ -88,7 +88,7 @@ def test_rebuilt_model_equals_the_masked_model(real_root, ratio, scope, norm):
     removed = sum(before - after for before, after in report.values())
     if ratio == 0.0:
         assert removed == 0 and prune.params_dense(rebuilt) == prune.params_dense(masked)
-    if ratio >= 0.8:  # global pruning kills whole channels (shared/NOTES.md)
+    if ratio >= 0.8:  # global pruning kills whole channels (docs/measured.md)
         assert removed > 500 and prune.params_dense(rebuilt) < 0.25 * prune.params_dense(masked)
     torch.manual_seed(1)
     _assert_same_logits(masked, rebuilt, torch.randn(8, 3, 24, 94))

@@ -15,7 +15,7 @@ def test_sizes_of_a_dense_and_a_pruned_model(tmp_path):
     dense = export.to_onnx(LPRNet().eval(), tmp_path / "dense.onnx")
     torch.manual_seed(0)
     sparse = export.to_onnx(prune.run(LPRNet().eval(), PruneConfig(ratio=0.8)), tmp_path / "sparse.onnx")
-    d, s = size.measure([dense], dense), size.measure([sparse], sparse)
+    d, s = size.measure([dense], size.onnx_tensors(dense)), size.measure([sparse], size.onnx_tensors(sparse))
     assert d["size_file_bytes"] == dense.stat().st_size
     assert d["size_gzip_bytes"] == len(gzip.compress(dense.read_bytes(), compresslevel=9, mtime=0))
     # unstructured zeros leave the dense file as large, but compress and count away
@@ -31,20 +31,24 @@ def test_artifact_and_graph_can_differ(tmp_path):
     onnx_path = export.to_onnx(LPRNet().eval(), tmp_path / "m.onnx")
     other = tmp_path / "m.pt"
     other.write_bytes(b"0" * 1234)
-    sizes = size.measure([other, onnx_path], onnx_path)
+    sizes = size.measure([other, onnx_path], size.onnx_tensors(onnx_path))
     assert sizes["size_file_bytes"] == 1234 + onnx_path.stat().st_size
-    assert sizes["size_nonzero_bytes"] == size.nonzero_bytes(onnx_path)
+    assert sizes["size_nonzero_bytes"] == size.nonzero_bytes(size.onnx_tensors(onnx_path))
 
 
 def test_nonzero_bytes_agree_across_onnx_openvino_and_torch(tmp_path):
     import openvino as ov
+
+    from lpr_sweep.runtime.openvino import ir_tensors
+    from lpr_sweep.runtime.torch import module_tensors
 
     torch.manual_seed(0)
     net = prune.run(LPRNet().eval(), PruneConfig(ratio=0.6))
     onnx_path = export.to_onnx(net, tmp_path / "m.onnx")
     xml = tmp_path / "m.xml"
     ov.save_model(ov.Core().read_model(onnx_path), str(xml), compress_to_fp16=False)
-    from_onnx, from_ir, from_torch = size.nonzero_bytes(onnx_path), size.nonzero_bytes(xml), size.nonzero_bytes(net)
+    from_onnx = size.nonzero_bytes(size.onnx_tensors(onnx_path))
+    from_ir, from_torch = size.nonzero_bytes(ir_tensors(xml)), size.nonzero_bytes(module_tensors(net))
     assert from_ir == pytest.approx(from_onnx, rel=0.01)
     # torch keeps BatchNorm separate (and its running stats), the exported graphs fold it into the convs
     assert from_torch > from_onnx
@@ -53,7 +57,7 @@ def test_nonzero_bytes_agree_across_onnx_openvino_and_torch(tmp_path):
 def test_int8_sparsity_counts_zeros_in_int8_conv_weights():
     w = np.zeros((4, 2, 1, 1), np.int8)
     w[0] = 3
-    assert size.int8_sparsity_of([w, np.ones((4, 2, 1, 1), np.float32), np.zeros(5, np.int8)]) == 0.75
+    assert size.int8_sparsity([w, np.ones((4, 2, 1, 1), np.float32), np.zeros(5, np.int8)]) == 0.75
 
 
 def test_macs_come_from_the_graph_and_match_a_forward_count(tmp_path):
@@ -66,4 +70,4 @@ def test_macs_come_from_the_graph_and_match_a_forward_count(tmp_path):
     net(torch.zeros(1, 3, 24, 94))
     for h in hooks:
         h.remove()
-    assert size.macs(export.to_onnx(net, tmp_path / "m.onnx")) == sum(counted) == 144_411_264  # shared/NOTES.md: 144.4 M
+    assert size.macs(export.to_onnx(net, tmp_path / "m.onnx")) == sum(counted) == 144_411_264  # docs/measured.md: 0.15 GMAC

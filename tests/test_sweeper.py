@@ -1,36 +1,31 @@
 """The list sweeper behind +experiment=published_table and the Optuna search sweeper, on tiny data."""
-import subprocess
-import sys
 
 import optuna
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from mlflow import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, TINY, cli, sweep_runs
 from hydra_plugins.lpr_sweep_sweeper import sweeper
-from lpr_sweep import config, report, tracking
+from lpr_sweep import config, report
 
-TINY = ["data.calib_size=2", "quant.calib_size=2", "benchmark.repeats=3", "benchmark.warmup=1",
-        "benchmark.throughput_batch=2", "benchmark.throughput_repeats=1"]
 
 
 def test_expand_appends_each_jobs_sweeps_to_the_command_line():
     jobs = [["c=1"], ["c=2", "d=4,5"]]
-    assert sweeper.expand(["a=1", "b=2,3"], jobs) == [
+    assert config.expand(["a=1", "b=2,3"], jobs) == [
         ["a=1", "b=2", "c=1"], ["a=1", "b=3", "c=1"],
         ["a=1", "b=2", "c=2", "d=4"], ["a=1", "b=2", "c=2", "d=5"], ["a=1", "b=3", "c=2", "d=4"], ["a=1", "b=3", "c=2", "d=5"],
     ]
-    assert sweeper.expand(["a=1,2"], []) == [["a=1"], ["a=2"]]
+    assert config.expand(["a=1,2"], []) == [["a=1"], ["a=2"]]
 
 
 def test_published_table_is_the_six_rows_plus_the_pruning_sweep_and_every_job_validates():
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=published_table"], return_hydra_config=True)
         assert cfg.hydra.mode.name == "MULTIRUN"
-        jobs = sweeper.expand(["+experiment=published_table"], cfg.hydra.sweeper.jobs)
+        jobs = config.expand(["+experiment=published_table"], cfg.hydra.sweeper.jobs)
         names = set()
         for job in jobs:
             c = config.validate(compose("config", overrides=job))
@@ -66,19 +61,15 @@ def test_search_dimension_must_sweep():
 
 
 def _children(store):
-    cfg = tracking.TrackingConfig(uri=store[0].split("=", 1)[1], artifact_root=store[1].split("=", 1)[1])
-    exp = tracking.experiment_id(cfg)
-    (parent,) = MlflowClient().search_runs([exp], f"tags.`{tracking.ROLE_TAG}` = 'sweep'")
-    return cfg, parent, MlflowClient().search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    cfg, (parent,), children = sweep_runs(store)
+    return cfg, parent, children
 
 
 def _run(tmp_path, tiny_root, store, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "lpr_sweep", *args, f"data.root={tiny_root}", *TINY, *store, f"hydra.sweep.dir={tmp_path}/sweep"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
+    return cli(*args, f"data.root={tiny_root}", *TINY, *store, f"hydra.sweep.dir={tmp_path}/sweep")
 
 
+@pytest.mark.slow
 def test_list_sweep_runs_its_jobs_and_reports(tmp_path, tiny_root, store):
     done = _run(tmp_path, tiny_root, store, "-m", "hydra/sweeper=list",
                 "hydra.sweeper.jobs=[['optimization=baseline'],['optimization=prune','prune.scope=layer,global']]")
@@ -98,6 +89,7 @@ def test_list_sweep_refuses_a_bad_job_before_running_any(tmp_path, tiny_root, st
     assert not (tmp_path / "sweep" / "0").exists()
 
 
+@pytest.mark.slow
 def test_search_sweep_runs_its_budget_of_valid_trials(tmp_path, tiny_root, store):
     done = _run(
         tmp_path, tiny_root, store, "-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=4",

@@ -5,7 +5,7 @@
   cannot say "these six rows plus a pruning sweep" (``+experiment=published_table``).
 - ``OptunaSweeper`` is a multi-objective search on current Optuna (NSGA-II by default, continuous
   ``interval(a, b)`` ranges, an optional persistent study). hydra-optuna-sweeper 1.3 pins optuna<3
-  and cannot compose ``interval`` on OmegaConf 2.3 (shared/NOTES.md). A sampled config that fails
+  and cannot compose ``interval`` on OmegaConf 2.3 (docs/measured.md). A sampled config that fails
   validation (``quant=nncf`` with ``runtime=onnxruntime``) is told to the study as failed without
   being launched, so only runnable trials count against ``n_trials``.
 """
@@ -25,23 +25,14 @@ from omegaconf import OmegaConf
 log = logging.getLogger(__name__)
 
 
-def expand(arguments: Sequence[str], jobs: Sequence[Sequence[str]]) -> list[list[str]]:
-    """Every job's overrides after the command line's (the job's win), each job's sweeps expanded."""
-    parser = OverridesParser.create()
-    [base] = BasicSweeper.split_arguments(parser.parse_overrides(list(arguments)), None)
-    out = []
-    for job in jobs or [[]]:
-        [expanded] = BasicSweeper.split_arguments(parser.parse_overrides(list(job)), None)
-        out += [b + e for b in base for e in expanded]
-    return out
-
-
 class ListSweeper(BasicSweeper):
     def __init__(self, jobs: Sequence[Sequence[str]], max_batch_size: int | None = None):
         super().__init__(max_batch_size=max_batch_size, params=None)
         self.jobs = [list(job) for job in jobs]
 
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
+        from lpr_sweep.config import expand  # imported late: Hydra imports every plugin at start-up
+
         arguments = [o.input_line for o in overrides if o.input_line]
         return list(self.split_overrides_to_chunks(expand(arguments, self.jobs), max_batch_size))
 

@@ -1,0 +1,58 @@
+"""PyTorch eager, or the compiled int8 module of quant=torch_x86; deploys as a state dict."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from torch import nn
+
+from lpr_sweep import hardware as hw
+from lpr_sweep.model_file import ModelFile
+from lpr_sweep.runtime import register
+
+
+def module_tensors(module: nn.Module) -> Iterator[np.ndarray]:
+    """State dict, plus the constants an exported/quantized GraphModule keeps as plain attributes."""
+    import torch
+
+    module = getattr(module, "_orig_mod", module)  # torch.compile wraps the module it compiles
+    seen = {id(t): t for t in module.state_dict().values()}
+    for node in getattr(getattr(module, "graph", None), "nodes", ()):
+        if node.op == "get_attr":
+            value = module
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            if isinstance(value, torch.Tensor):
+                seen.setdefault(id(value), value)
+    for t in seen.values():
+        yield (t.float() if t.dtype == torch.bfloat16 else t).detach().cpu().numpy()
+
+
+@register("torch")
+class TorchRuntime:
+    packages = ("torch", "torchao")
+    devices = ("cpu", "cuda")
+
+    def __init__(self, model_file: ModelFile, hardware: hw.HardwareConfig, workdir: Path):
+        import torch
+
+        hw.check(hardware)
+        torch.set_num_threads(hw.threads(hardware))
+        self._torch = torch
+        self.device = torch.device(hardware.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = hardware.allow_tf32
+        self.model = model_file.module.to(self.device)
+        artifact = model_file.artifact
+        if artifact is None:
+            artifact = workdir / "model.pt"
+            torch.save({k: v.cpu() for k, v in model_file.module.state_dict().items()}, artifact)
+        self.artifacts = [artifact]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self.model(self._torch.from_numpy(batch).to(self.device)).cpu().numpy()
+
+    def constants(self) -> Iterator[np.ndarray]:
+        return module_tensors(self.model)
