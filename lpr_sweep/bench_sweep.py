@@ -4,7 +4,7 @@ The same sweep (pruning 0.5/0.8/0.9, each fp32 and ORT static int8, on ONNX Runt
 subprocess serially and 2-way parallel (``hydra/launcher=joblib``), each first with an empty stage
 cache (cold) and then again with the cache the cold run filled (warm). All four run one after
 another in this invocation on this machine, each into its own MLflow store; the table gives wall
-seconds and the ratios to the serial cold run. Benchmark settings are cut (``benchmark.repeats=50``)
+seconds and the ratios to the serial cold run. Benchmark settings are cut (``benchmark.blocks=4``)
 so that the stages that the cache and the parallelism act on dominate.
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEP = ["prune.ratio=0.5,0.8,0.9", "quant=none,ort_static", "benchmark.repeats=50", "benchmark.throughput_repeats=3"]
+SWEEP = ["prune.ratio=0.5,0.8,0.9", "quant=none,ort_static", "benchmark.blocks=4", "benchmark.max_blocks=4",
+         "benchmark.throughput_repeats=3"]
 MODES = {"serial": [], "2-way parallel": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
 
 

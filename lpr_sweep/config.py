@@ -51,7 +51,7 @@ class Config:
     resume: bool = False  # skip trials whose config already has a FINISHED run in the experiment
 
     def __post_init__(self):
-        check_pairing(self.quant, self.runtime.name, self.data.calib_size)
+        check_pairing(self.quant, self.runtime.name, self.data.calib_size, self.data.val_size)
         runtime.check(self)  # what the runtime's class declares it cannot run
 
 

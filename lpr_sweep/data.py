@@ -34,15 +34,16 @@ class DataError(ValueError):
 class DataConfig:
     root: str = "auto"  # auto: ../shared/data/lprnet beside the repo if present, else the download cache
     calib_size: int = 100  # plates set aside for calibration; never scored
-    seed: int = 0  # seeds the calibration/scored split
+    val_size: int = 200  # labelled plates the decisions use (int8 guard, search, champion); never scored
+    seed: int = 0  # seeds the calibration/validation/scored split
     on_wrong_size: str = "resize"  # resize (logged as protocol.images_resized) | error
     verify_checksums: bool = True
 
     def __post_init__(self):
         if self.on_wrong_size not in ON_WRONG_SIZE:
             raise ConfigError(f"data.on_wrong_size={self.on_wrong_size!r} is not one of {ON_WRONG_SIZE}")
-        if self.calib_size < 0:
-            raise ConfigError(f"data.calib_size={self.calib_size} is negative; use 0 to score every plate")
+        if self.calib_size < 0 or self.val_size < 0:
+            raise ConfigError(f"data.calib_size={self.calib_size} and data.val_size={self.val_size} must be >= 0; use 0 to score every plate")
 
 
 @dataclass
@@ -157,23 +158,28 @@ def load_plates(root: Path, files: list[str], on_wrong_size: str = "resize") -> 
     return Plates(files=list(files), labels=labels, images=array, resized=resized)
 
 
-def split(files: list[str], calib_size: int, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded calibration/scored split, independent of directory order; both halves sorted."""
-    if not 0 <= calib_size < len(files):
+def split(files: list[str], calib_size: int, seed: int, val_size: int = 0) -> tuple[list[str], list[str], list[str]]:
+    """Seeded calibration/validation/scored split, independent of directory order; each part sorted.
+
+    The calibration plates are the first ``calib_size`` of one seeded shuffle whatever ``val_size``
+    is, so adding a validation split takes its plates from the scored ones only.
+    """
+    if calib_size < 0 or val_size < 0 or calib_size + val_size >= len(files):
         raise DataError(
-            f"data.calib_size={calib_size} must be in [0, {len(files)}) for {len(files)} plates; lower it"
+            f"data.calib_size={calib_size} + data.val_size={val_size} must leave plates to score of the {len(files)}; lower them"
         )
     shuffled = sorted(files)
     random.Random(seed).shuffle(shuffled)
-    return sorted(shuffled[:calib_size]), sorted(shuffled[calib_size:])
+    cut = calib_size + val_size
+    return sorted(shuffled[:calib_size]), sorted(shuffled[calib_size:cut]), sorted(shuffled[cut:])
 
 
-def load(cfg: DataConfig) -> tuple[Path, Plates, Plates]:
-    """Resolve and verify the root, then return (root, calibration plates, scored plates)."""
+def load(cfg: DataConfig) -> tuple[Path, Plates, Plates, Plates]:
+    """Resolve and verify the root, then return (root, calibration, validation and scored plates)."""
     root = resolve_root(cfg.root)
     manifest = verify(root) if cfg.verify_checksums else read_manifest(root / MANIFEST)
     files = [f for f in manifest if f.startswith("images/")]
     if not files:
         raise DataError(f"{root / MANIFEST} lists no images/ files; point data.root at an LPRNet data root")
-    calib, scored = split(files, cfg.calib_size, cfg.seed)
-    return root, load_plates(root, calib, cfg.on_wrong_size), load_plates(root, scored, cfg.on_wrong_size)
+    parts = split(files, cfg.calib_size, cfg.seed, cfg.val_size)
+    return root, *(load_plates(root, part, cfg.on_wrong_size) for part in parts)

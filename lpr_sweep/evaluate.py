@@ -1,6 +1,7 @@
 """Accuracy on the scored plates: CTC greedy decoding, exact-plate and character accuracy."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,3 +68,28 @@ def run(runtime: Runtime, plates: Plates, cfg: EvaluateConfig) -> Result:
         predictions=predictions,
         correct=correct,
     )
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (it stays inside [0, 1] near 0 % and 100 %)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_drop(reference: list[bool], candidate: list[bool], resamples: int = 4000, seed: int = 0) -> dict[str, float]:
+    """Accuracy points lost against ``reference`` on the same plates, with a 95 % bootstrap interval over
+    plates; and the plates each got right that the other did not."""
+    ref, cand = np.asarray(reference, bool), np.asarray(candidate, bool)
+    diff = ref.astype(np.int8) - cand.astype(np.int8)  # +1 lost, -1 gained, per plate
+    idx = np.random.default_rng(seed).integers(0, len(diff), (resamples, len(diff)))
+    boot = 100 * diff[idx].mean(axis=1)
+    return {
+        "drop_pts": float(100 * diff.mean()),
+        "drop_pts_ci_low": float(np.percentile(boot, 2.5)),
+        "drop_pts_ci_high": float(np.percentile(boot, 97.5)),
+        "plates_lost": float((diff == 1).sum()),
+        "plates_gained": float((diff == -1).sum()),
+    }

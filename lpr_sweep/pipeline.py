@@ -76,7 +76,8 @@ class Built:
     params_dense: int
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)  # structured: conv -> (before, after)
     guard: quant.Guard | None = None
-    fp32_accuracy: float | None = None
+    fp32_accuracy: float | None = None  # int8 trials: the fp32 model on the validation plates (the guard's yardstick)
+    fp32_runtime: runtime.Runtime | None = None  # int8 trials: that fp32 model, to report its scored accuracy
     lowering_stats: dict[str, float] = field(default_factory=dict)
     cache_hits: dict[str, float] = field(default_factory=dict)
 
@@ -103,38 +104,59 @@ class _Runner:
         return runtime.build(self.conf.runtime, model_file, self.conf.hardware, self.workdir)
 
 
-def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plates, workdir: Path,
+def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, workdir: Path,
+            stages: Stages) -> tuple[ModelFile, dict, str, bool]:
+    """Load and prune, then export through the stage cache: (fp32 model file, prune facts, export key, hit)."""
+    with stages("prune"):
+        net = lprnet.load(weights, conf.model.norm)
+        prune.run(net, prune_cfg)
+        facts = {"sparsity": prune.sparsity(net)}  # of the pruned weights, before structured removal drops the dead ones
+        facts["channels"] = prune.remove_dead_channels(net) if prune_cfg.structured else {}
+    key = cache.key("export", cache.file_digest(weights), asdict(prune_cfg), conf.model.norm)
+    with stages("export"):
+        folder, hit = cache.fetch(conf.cache, "export", key, lambda out: export.to_onnx(net, out / "model.onnx"), workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return ModelFile(net, Path(shutil.copy(folder / "model.onnx", workdir / "model.onnx"))), facts, key, hit
+
+
+def weights_of(conf: config.Config, root: Path) -> Path:
+    weights = Path(conf.model.weights)
+    return weights if weights.is_absolute() else root / weights
+
+
+def reference(conf: config.Config, root: Path, workdir: Path) -> tuple[runtime.Runtime, str]:
+    """What every trial is paired with: the unpruned, unquantized fp32 model (same norm) on the
+    benchmark's reference runtime, with the trial's threads; and a line that says what it is."""
+    name = conf.benchmark.reference_runtime(conf.hardware.device)
+    fp32, _, _, _ = _export(conf, weights_of(conf, root), prune.PruneConfig(), workdir, Stages())
+    rt = runtime.build(name, fp32, conf.hardware, workdir)
+    return rt, f"unpruned fp32 ONNX export (model.norm={conf.model.norm}) on {name}, hardware={conf.hardware.device}"
+
+
+def build(conf: config.Config, root: Path, calib: data.Plates, val: data.Plates, workdir: Path,
           stages: Stages | None = None) -> Built:
     """Load, prune, export and (under the accuracy guard) quantize; return the runtime to measure.
 
     Export and quantization come from the stage cache when an earlier trial built them from the
     same inputs; pruning is cheap and deterministic, so it always runs (the torch runtime needs it).
+    The int8 guard decides on the validation plates ``val``; it never sees a scored plate.
     """
     stages = stages or Stages()
     workdir.mkdir(parents=True, exist_ok=True)
-    weights = Path(conf.model.weights)
-    weights = weights if weights.is_absolute() else root / weights
-    with stages("prune"):
-        net = lprnet.load(weights, conf.model.norm)
-        prune.run(net, conf.prune)
-        sparsity = prune.sparsity(net)  # of the pruned weights, before structured removal drops the dead ones
-        channels = prune.remove_dead_channels(net) if conf.prune.structured else {}
-    export_key = cache.key("export", cache.file_digest(weights), asdict(conf.prune), conf.model.norm)
-    with stages("export"):
-        folder, hit = cache.fetch(conf.cache, "export", export_key, lambda out: export.to_onnx(net, out / "model.onnx"), workdir)
-        fp32 = ModelFile(net, Path(shutil.copy(folder / "model.onnx", workdir / "model.onnx")))
+    fp32, facts, export_key, hit = _export(conf, weights_of(conf, root), conf.prune, workdir, stages)
     hits = {"cache_hit_export": float(hit)}
 
     runner = _Runner(conf, workdir, stages)
     with stages("runtime"):
-        built = Built(runner(fp32), fp32, fp32.path, sparsity, prune.params_dense(net), channels,
+        built = Built(runner(fp32), fp32, fp32.path, facts["sparsity"], prune.params_dense(fp32.module), facts["channels"],
                       lowering_stats=runner.stats, cache_hits=hits)
     if conf.quant.backend != "none":
         with stages("evaluate_fp32"):
-            built.fp32_accuracy = evaluate.run(built.runtime, scored, conf.evaluate).accuracy
+            built.fp32_accuracy = evaluate.run(built.runtime, val, conf.evaluate).accuracy
         with stages("quant"):
-            built.guard, hits["cache_hit_quant"] = _quantize(conf, fp32, export_key, calib, scored, runner,
+            built.guard, hits["cache_hit_quant"] = _quantize(conf, fp32, export_key, calib, val, runner,
                                                              built.fp32_accuracy, workdir)
+        built.fp32_runtime = built.runtime
         built.model_file = built.guard.chosen
         with stages("runtime"):
             built.runtime = runner(built.model_file)
@@ -142,14 +164,14 @@ def build(conf: config.Config, root: Path, calib: data.Plates, scored: data.Plat
     return built
 
 
-def _quantize(conf: config.Config, fp32: ModelFile, export_key: str, calib: data.Plates, scored: data.Plates,
+def _quantize(conf: config.Config, fp32: ModelFile, export_key: str, calib: data.Plates, val: data.Plates,
               runner: _Runner, fp32_accuracy: float, workdir: Path) -> tuple[quant.Guard, float]:
     """The accuracy guard's choice, from the stage cache when this export was quantized so before."""
     backend = quant.backend_of(conf.quant)
 
     def guard() -> quant.Guard:
         return quant.run(
-            fp32, calib.images, conf.quant, score=lambda m: evaluate.run(runner(m), scored, conf.evaluate).accuracy,
+            fp32, calib.images, conf.quant, score=lambda m: evaluate.run(runner(m), val, conf.evaluate).accuracy,
             logits=lambda m, images: runner(m)(images), fp32_accuracy=fp32_accuracy,
             layers=[name for name, _ in prune.conv_layers(fp32.module)], workdir=workdir / "quant",
         )
@@ -158,7 +180,7 @@ def _quantize(conf: config.Config, fp32: ModelFile, export_key: str, calib: data
         return guard(), 0.0
     lowering = runner.stage and asdict(getattr(conf, runner.stage))  # the guard scores what the lowering builds
     key = cache.key("quant", export_key, asdict(conf.quant), asdict(conf.runtime), lowering, asdict(conf.evaluate),
-                    calib.files[: conf.quant.calib_size], scored.files, conf.hardware.device,
+                    calib.files[: conf.quant.calib_size], val.files, conf.hardware.device,
                     packages=backend.packages + runtime.get(conf.runtime).packages)
     folder, hit = cache.fetch(conf.cache, "quant", key, lambda out: guard().save(out), workdir)
     return quant.Guard.load(folder, fp32), float(hit)
@@ -175,8 +197,16 @@ def _log_quant(conf: config.Config, built: Built, n_calib: int) -> dict[str, flo
                        "quant.chosen_method": guard.row["method"], "quant.chosen_keep_float": guard.row["keep_float"]})
     verdict = "met" if guard.met else f"not met: best drop {guard.row['drop_pts']:.2f} pts > {conf.quant.max_drop}"
     mlflow.set_tag("quant_guard", verdict)
-    return {"accuracy_fp32": built.fp32_accuracy, "quant_candidates": len(guard.rows),
+    return {"val_accuracy_fp32": built.fp32_accuracy, "quant_candidates": len(guard.rows),
             "sparsity_int8": size.int8_sparsity(built.runtime.constants())}
+
+
+def _accuracy(result: evaluate.Result, ref: evaluate.Result, n: int) -> dict[str, float]:
+    """Scored-plate accuracy with its Wilson interval, and the paired difference against the reference."""
+    low, high = evaluate.wilson(sum(result.correct), n)
+    return {"accuracy": result.accuracy, "accuracy_ci_low": low, "accuracy_ci_high": high,
+            "char_accuracy": result.char_accuracy, "accuracy_ref": ref.accuracy,
+            **evaluate.paired_drop(ref.correct, result.correct)}
 
 
 def _csv(rows: list[dict]) -> str:
@@ -207,21 +237,25 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
         import mlflow
 
         with stages("data"):
-            root, calib, scored = data.load(conf.data)
+            root, calib, val, scored = data.load(conf.data)
+        with stages("reference"):
+            ref, ref_what = reference(conf, root, workdir / "reference")
         mlflow.log_params({
             "protocol.data_root": str(root),
             "protocol.n_scored": len(scored),
             "protocol.n_calib": len(calib),
-            "protocol.images_resized": calib.resized + scored.resized,
+            "protocol.n_val": len(val),
+            "protocol.images_resized": calib.resized + val.resized + scored.resized,
             "protocol.threads": hardware.threads(conf.hardware),
             "protocol.parallel_jobs": hardware.parallel_jobs(),
-            "protocol.latency_batch": 1,
-            "protocol.latency_input": "first scored plate",
+            "protocol.reference": ref_what,
+            **benchmark.protocol(conf.benchmark, ref_what),
         })
-        mlflow.log_text("\n".join(scored.files) + "\n", "scored_files.txt")
+        for part, plates in (("scored", scored), ("val", val), ("calib", calib)):
+            mlflow.log_text("\n".join(plates.files) + "\n", f"{part}_files.txt")
         mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
 
-        built = build(conf, root, calib, scored, workdir, stages)
+        built = build(conf, root, calib, val, workdir, stages)
         rt = built.runtime
         metrics = {"sparsity": built.sparsity, "params_dense": built.params_dense, "macs": size.macs(built.fp32_onnx),
                    **built.lowering_stats, **built.cache_hits}
@@ -233,11 +267,21 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
 
         with stages("evaluate"):
             result = evaluate.run(rt, scored, conf.evaluate)
-        metrics.update(accuracy=result.accuracy, char_accuracy=result.char_accuracy)
-        if "accuracy_fp32" in metrics:
-            metrics["accuracy_drop_pts"] = 100 * (metrics["accuracy_fp32"] - result.accuracy)
+            ref_result = evaluate.run(ref, scored, conf.evaluate)
+            metrics.update(_accuracy(result, ref_result, len(scored)))
+            if len(val):  # the decisions' accuracy: the validation plates against the same reference
+                val_accuracy = evaluate.run(rt, val, conf.evaluate).accuracy
+                metrics.update(val_accuracy=val_accuracy,
+                               val_drop_pts=100 * (evaluate.run(ref, val, conf.evaluate).accuracy - val_accuracy))
+            if built.fp32_runtime is not None:
+                metrics["accuracy_fp32"] = evaluate.run(built.fp32_runtime, scored, conf.evaluate).accuracy
+                metrics["accuracy_drop_pts"] = 100 * (metrics["accuracy_fp32"] - result.accuracy)
         with stages("benchmark"):
-            metrics.update(benchmark.run(rt, scored, conf.benchmark))
+            metrics.update(benchmark.run(rt, ref, scored, conf.benchmark))
+        if metrics["bench_noisy"]:
+            log.warning("[%s] speed-up interval [%.2f, %.2f] is wider than benchmark.max_ci_width after %d blocks: "
+                        "flagged bench_noisy; its ranking is uncertain", name, metrics["speedup_ci_low"],
+                        metrics["speedup_ci_high"], metrics["bench_blocks"])
         with stages("size"):
             metrics.update(size.measure(rt.artifacts, rt.constants()))
         metrics.update(stages.seconds)
@@ -245,5 +289,7 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
         mlflow.log_text(_predictions_csv(scored, result), "predictions.csv")
         for path in {built.fp32_onnx, *rt.artifacts}:
             mlflow.log_artifact(str(path))
-    log.info("[%s] accuracy %.4f, p50 %.2f ms", name, metrics["accuracy"], metrics["latency_p50_ms"])
+    log.info("[%s] accuracy %.4f (drop %.2f pts, 95 %% [%.2f, %.2f]), speed-up %.2fx [%.2f, %.2f], p50 %.2f ms",
+             name, metrics["accuracy"], metrics["drop_pts"], metrics["drop_pts_ci_low"], metrics["drop_pts_ci_high"],
+             metrics["speedup"], metrics["speedup_ci_low"], metrics["speedup_ci_high"], metrics["latency_p50_ms"])
     return metrics

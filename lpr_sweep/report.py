@@ -2,13 +2,15 @@
 
 Reads one sweep (default: the latest parent run) back from MLflow and writes ``report.md`` and
 ``report.png`` into the sweep's ``multirun/`` folder and onto the parent run: one table row per
-trial, the Pareto front over accuracy (max), p50 latency (min) and file size (min), and the champion
-under a stated rule, which it registers in the Model Registry with the alias ``champion``.
+trial, the Pareto front, and the champion under a stated rule, which it registers in the Model
+Registry with the alias ``champion``. The choosing is ``lpr_sweep.selection`` (paired speed-ups
+with intervals, validation accuracy, the tie rule); this module reads, renders and registers.
 
 Rules (``--objective`` with any of the limits):
-- ``accuracy``: highest accuracy with latency <= X ms and size <= Y bytes (ties: lower p50);
-- ``latency`` (the default, with ``--max-drop-pts 1``): lowest p50 latency with at most D points
-  lost against the baseline (ties: higher accuracy).
+- ``latency`` (the default, with ``--max-drop-pts 1``): the fastest trial by paired speed-up that
+  loses at most D validation points against its unpruned fp32 reference;
+- ``accuracy``: the most accurate on the validation plates within the limits;
+limits: ``--max-drop-pts``, ``--min-speedup``, ``--max-latency-ms``, ``--max-size-bytes``.
 """
 from __future__ import annotations
 
@@ -16,14 +18,15 @@ import argparse
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lpr_sweep import tracking
+from lpr_sweep.selection import OBJECTIVES, Rule, Trial, closest, pareto, select
 
-OBJECTIVES = ("accuracy", "latency")
 CHAMPION_ALIAS = "champion"
-FRONT_KEYS = ("accuracy", "latency_p50_ms", "size_file_bytes")
+REGISTRY_TAGS = ("accuracy", "val_accuracy", "drop_pts", "speedup", "speedup_ci_low", "speedup_ci_high",
+                 "latency_p50_ms", "latency_ref_p50_ms", "size_file_bytes")
 
 # The original course report's published rows, quoted in docs/measured.md ("The original course
 # report"), keyed by (optimization preset, prune ratio). Its protocol differs from ours: eager
@@ -43,119 +46,14 @@ PUBLISHED = {  # accuracy, latency in ms, size in bytes (None: not published)
 }
 
 
-@dataclass
-class Trial:
-    run_id: str
-    name: str
-    status: str
-    metrics: dict[str, float]
-    params: dict[str, str] = field(default_factory=dict)
-    error: str = ""
-
-    @property
-    def finished(self) -> bool:
-        return self.status == "FINISHED" and all(k in self.metrics for k in FRONT_KEYS)
-
-    def published(self) -> tuple[float, float, float | None] | None:
-        try:
-            key = (self.params.get("optimization.name", ""), float(self.params.get("prune.ratio", "nan")))
-        except ValueError:
-            return None
-        return PUBLISHED.get(key)
 
 
-@dataclass
-class Rule:
-    objective: str = "latency"
-    max_latency_ms: float = math.inf
-    max_size_bytes: float = math.inf
-    max_drop_pts: float = math.inf
-
-    def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective {self.objective!r} is unknown; use one of {OBJECTIVES}")
-
-    def __str__(self) -> str:
-        limits = [f"latency_p50_ms <= {self.max_latency_ms:g}"] * (self.max_latency_ms < math.inf)
-        limits += [f"size_file_bytes <= {self.max_size_bytes:g}"] * (self.max_size_bytes < math.inf)
-        limits += [f"drop <= {self.max_drop_pts:g} pts against the baseline"] * (self.max_drop_pts < math.inf)
-        head = "highest accuracy" if self.objective == "accuracy" else "lowest p50 latency"
-        ties = "lower p50" if self.objective == "accuracy" else "higher accuracy"
-        return head + (f" with {' and '.join(limits)}" if limits else "") + f" (ties: {ties})"
-
-    def excess(self, t: Trial, baseline: Trial | None) -> dict[str, float]:
-        """How far ``t`` is over each limit (<= 0 everywhere: admitted); inf where it cannot be judged."""
-        m = t.metrics
-        out = {}
-        if self.max_latency_ms < math.inf:
-            out["latency_p50_ms"] = m["latency_p50_ms"] - self.max_latency_ms
-        if self.max_size_bytes < math.inf:
-            out["size_file_bytes"] = m["size_file_bytes"] - self.max_size_bytes
-        if self.max_drop_pts < math.inf:
-            d = drop_pts(t, baseline)
-            out["drop_pts"] = math.inf if d is None else d - self.max_drop_pts
-        return out
-
-    def admits(self, t: Trial, baseline: Trial | None) -> bool:
-        # The slack absorbs float noise: 100 * (0.90 - 0.89) is 1.0000000000000009, not 1.
-        return t.finished and all(v <= 1e-9 for v in self.excess(t, baseline).values())
-
-    def key(self, t: Trial) -> tuple[float, float]:
-        """Sort key, best first."""
-        acc, p50 = t.metrics["accuracy"], t.metrics["latency_p50_ms"]
-        return (-acc, p50) if self.objective == "accuracy" else (p50, -acc)
-
-
-def drop_pts(t: Trial, baseline: Trial | None) -> float | None:
-    if baseline is None or "accuracy" not in t.metrics:
+def published(t: Trial) -> tuple[float, float, float | None] | None:
+    try:
+        key = (t.params.get("optimization.name", ""), float(t.params.get("prune.ratio", "nan")))
+    except ValueError:
         return None
-    return 100 * (baseline.metrics["accuracy"] - t.metrics["accuracy"])
-
-
-def select(trials: list[Trial], rule: Rule, baseline: Trial | None = None) -> Trial | None:
-    admitted = sorted((t for t in trials if rule.admits(t, baseline)), key=rule.key)
-    return admitted[0] if admitted else None
-
-
-def closest(trials: list[Trial], rule: Rule, baseline: Trial | None = None) -> Trial | None:
-    """The finished trial that misses the rule's limits by the least (largest relative excess)."""
-
-    def miss(t: Trial) -> float:
-        limits = {"latency_p50_ms": rule.max_latency_ms, "size_file_bytes": rule.max_size_bytes, "drop_pts": rule.max_drop_pts}
-        return max((e / max(abs(limits[k]), 1e-9) for k, e in rule.excess(t, baseline).items()), default=0.0)
-
-    done = [t for t in trials if t.finished]
-    return min(done, key=lambda t: (miss(t), rule.key(t))) if done else None
-
-
-def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    """``a`` is no worse than ``b`` everywhere and better somewhere (all objectives minimised)."""
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
-
-
-def pareto(trials: list[Trial]) -> list[Trial]:
-    """Finished trials no other trial dominates; identical points are all kept."""
-
-    def point(t: Trial) -> tuple[float, float, float]:
-        return -t.metrics["accuracy"], t.metrics["latency_p50_ms"], t.metrics["size_file_bytes"]
-
-    # In lexicographic order no later point can dominate an earlier one, so each point only needs
-    # checking against the front kept so far.
-    front: list[Trial] = []
-    for t in sorted((t for t in trials if t.finished), key=point):
-        if not any(dominates(point(f), point(t)) for f in front):
-            front.append(t)
-    return front
-
-
-def baseline_of(trials: list[Trial]) -> Trial | None:
-    """The unmodified fp32 model: unpruned and unquantized; ORT and the baseline preset preferred."""
-    plain = [
-        t for t in trials
-        if t.finished and t.params.get("quant.backend") == "none" and t.params.get("prune.ratio") in ("0", "0.0")
-    ]
-    plain.sort(key=lambda t: (t.params.get("optimization.name") != "baseline", t.params.get("runtime.name") != "onnxruntime"))
-    return plain[0] if plain else None
+    return PUBLISHED.get(key)
 
 
 @dataclass
@@ -163,8 +61,6 @@ class Sweep:
     parent_id: str
     sweep_dir: Path | None
     trials: list[Trial]
-    baseline: Trial | None = None
-    baseline_note: str = "from this sweep"
 
 
 def _trial(run) -> Trial:
@@ -192,27 +88,8 @@ def load(cfg: tracking.TrackingConfig, sweep: str = "latest") -> Sweep:
     runs = tracking.latest_per_config(client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=5000))
     if not runs:
         raise LookupError(f"sweep {parent.info.run_id} has no trials in experiment {cfg.experiment!r}; pass --sweep <parent run id>")
-    trials = [_trial(r) for r in runs]
     sweep_dir = parent.data.tags.get("sweep_dir")
-    out = Sweep(parent.info.run_id, Path(sweep_dir) if sweep_dir else None, trials, baseline_of(trials))
-    if out.baseline is None:
-        out.baseline = _baseline_elsewhere(client, exp, trials)
-        out.baseline_note = "from an earlier run in this experiment (this sweep has none); add optimization=baseline to the sweep"
-    return out
-
-
-def _baseline_elsewhere(client, exp: str, trials: list[Trial]) -> Trial | None:
-    """The latest finished baseline trial scored on the same plates with the same norm."""
-    done = [t for t in trials if t.finished]
-    if not done:
-        return None
-    same = {k: done[0].params.get(k) for k in ("protocol.n_scored", "data.seed", "data.calib_size", "model.norm")}
-    runs = client.search_runs(
-        [exp], f"tags.`{tracking.ROLE_TAG}` = 'trial' and attributes.status = 'FINISHED' and params.`quant.backend` = 'none'",
-        order_by=["start_time DESC"], max_results=500,
-    )
-    candidates = [_trial(r) for r in runs]
-    return baseline_of([t for t in candidates if all(t.params.get(k) == v for k, v in same.items())])
+    return Sweep(parent.info.run_id, Path(sweep_dir) if sweep_dir else None, [_trial(r) for r in runs])
 
 
 def _experiment(cfg: tracking.TrackingConfig) -> str:
@@ -234,52 +111,73 @@ def _mb(t: Trial, key: str) -> str:
 
 
 def _published_cell(t: Trial) -> str:
-    row = t.published()
+    row = published(t)
     if row is None:
         return ""
     acc, ms, size = row
     return f"{100 * acc:.1f} % · {ms:g} ms" + (f" · {size / 1e6:.2f} MB" if size else "")
 
 
+def _drop_cell(m: dict[str, float]) -> str:
+    if "drop_pts_ci_low" not in m:
+        return "–"
+    within = m["drop_pts_ci_low"] <= 0 <= m["drop_pts_ci_high"]
+    return f"{m['drop_pts']:.2f} [{m['drop_pts_ci_low']:.2f}, {m['drop_pts_ci_high']:.2f}]" + (" (noise)" if within else "")
+
+
+def _row(t: Trial, mark: str, with_published: bool) -> list[str]:
+    m = t.metrics
+    if not t.finished:
+        status = t.status if t.status != "FINISHED" else "FINISHED, decision metrics missing"
+        cells = [mark, t.name, f"{status}: {t.error[:80]}" if t.error else status] + ["–"] * 10
+    else:
+        cells = [
+            mark, t.name, t.status,
+            f"{m['accuracy']:.4f} [{_num(m.get('accuracy_ci_low'), '.3f')}, {_num(m.get('accuracy_ci_high'), '.3f')}]",
+            _drop_cell(m), f"+{m.get('plates_gained', 0):.0f} / -{m.get('plates_lost', 0):.0f}", f"{m['val_accuracy']:.4f}",
+            f"{m['speedup']:.2f}x [{m['speedup_ci_low']:.2f}, {m['speedup_ci_high']:.2f}]" + (" noisy" if t.noisy else ""),
+            f"{_num(m.get('latency_p50_ms'), '.2f')} / {_num(m.get('latency_ref_p50_ms'), '.2f')}",
+            _mb(t, "size_file_bytes"), _mb(t, "size_nonzero_bytes"), _mb(t, "size_gzip_bytes"),
+        ]
+    return cells + [_published_cell(t)] * with_published
+
+
 def markdown(sweep: Sweep, rule: Rule, champion: Trial | None, front: list[Trial], note: str) -> str:
-    base = sweep.baseline
     on_front = {t.run_id for t in front}
-    with_published = any(t.published() for t in sweep.trials)
-    header = ["", "trial", "status", "accuracy", "drop pts", "p50 ms", "p90 ms", "speed-up", "file MB", "nonzero MB", "gzip MB"]
+    with_published = any(published(t) for t in sweep.trials)
+    header = ["", "trial", "status", "accuracy [95 % CI]", "drop pts vs reference [95 % CI]", "plates +/-", "val accuracy",
+              "speed-up [95 % CI]", "p50 ms / ref p50 ms", "file MB", "nonzero MB", "gzip MB"]
     header += ["course report [1]"] * with_published
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for t in sorted(sweep.trials, key=lambda t: (not t.finished, -t.metrics.get("accuracy", 0), t.metrics.get("latency_p50_ms", 0))):
-        m = t.metrics
+    order = sorted(sweep.trials, key=lambda t: (not t.finished, -t.metrics.get("speedup", 0)))
+    for t in order:
         mark = "**champion**" if t is champion else ("front" if t.run_id in on_front else "")
-        if not t.finished:
-            status = t.status if t.status != "FINISHED" else "FINISHED, metrics missing"
-            cells = [mark, t.name, f"{status}: {t.error[:80]}" if t.error else status] + ["–"] * 8
-        else:
-            speedup = base.metrics["latency_p50_ms"] / m["latency_p50_ms"] if base else None
-            cells = [
-                mark, t.name, t.status, f"{m['accuracy']:.4f}", _num(drop_pts(t, base), ".2f"),
-                f"{m['latency_p50_ms']:.2f}", _num(m.get("latency_p90_ms"), ".2f"), _num(speedup, ".2f") + "x" * (speedup is not None),
-                _mb(t, "size_file_bytes"), _mb(t, "size_nonzero_bytes"), _mb(t, "size_gzip_bytes"),
-            ]
-        cells += [_published_cell(t)] * with_published
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in _row(t, mark, with_published)) + " |")
 
-    p = (base or champion or sweep.trials[0]).params
-    failed = sum(not t.finished for t in sweep.trials)
+    done = [t for t in sweep.trials if t.finished]
+    p = (champion or (done or sweep.trials)[0]).params
+    noisy = [t.name for t in done if t.noisy]
     out = [
         f"# Sweep {sweep.parent_id}",
         "",
-        f"- Trials: {len(sweep.trials)} ({failed} failed or incomplete); folder: {sweep.sweep_dir or 'unknown'}",
+        f"- Trials: {len(sweep.trials)} ({len(sweep.trials) - len(done)} failed or without the metrics a decision needs); "
+        f"folder: {sweep.sweep_dir or 'unknown'}",
         f"- Rule: {rule}",
         f"- Champion: {note}",
-        "- Baseline (drop and speed-up are against it): "
-        + (f"{base.name} (run {base.run_id}), accuracy {base.metrics['accuracy']:.4f}, {sweep.baseline_note}" if base else "none found; drop and speed-up are left empty"),
-        f"- Pareto front over accuracy (max), p50 latency (min), file size (min): {len(front)} trials, marked `front`",
-        f"- Protocol: accuracy on {p.get('protocol.n_scored', '?')} scored plates; {p.get('protocol.n_calib', '?')} calibration "
-        f"plates (seed {p.get('data.seed', '?')}) are never scored; latency = batch {p.get('protocol.latency_batch', 1)}, "
-        f"{p.get('protocol.threads', '?')} threads, {p.get('benchmark.warmup', '?')} warm-up + {p.get('benchmark.repeats', '?')} "
-        "timed calls on the first scored plate, each trial in its own process slot of the sweep (timings drift about ±30 % "
-        "between trials on a shared 2-core machine: rerun `make bench` for side-by-side ratios)",
+        f"- Pareto front over validation accuracy (max), paired speed-up (max, ties within noise) and file size (min): "
+        f"{len(front)} trials, marked `front`",
+        "- Speed: each trial timed its model against the reference "
+        f"({p.get('protocol.reference', 'the unpruned fp32 model')}) in the same process, in alternating blocks "
+        f"({p.get('protocol.bench_blocks_min_max', '?')} blocks of {p.get('protocol.bench_calls_per_block', '?')} batch-1 calls "
+        f"each, {p.get('protocol.threads', '?')} threads); speed-up = median per-block ratio with a 95 % bootstrap interval. "
+        "p50 is shown beside the reference's p50 of the same trial; p50s of different trials are not comparable.",
+        "- Noisy trials (interval still wider than benchmark.max_ci_width; their ranking is uncertain): "
+        + (", ".join(noisy) if noisy else "none"),
+        f"- Accuracy: on {p.get('protocol.n_scored', '?')} scored plates, with a 95 % Wilson interval; drop = points lost against "
+        "the reference on the same plates, with a 95 % bootstrap interval over plates, `(noise)` when it contains 0; "
+        f"plates +/- = plates gained / lost. Decisions read only the {p.get('protocol.n_val', '?')} validation plates "
+        f"(`val accuracy`); {p.get('protocol.n_calib', '?')} calibration plates (seed {p.get('data.seed', '?')}) are never "
+        "scored either.",
         "- Sizes: file = the deployable files; nonzero = nonzero parameter elements x itemsize; gzip = the files gzipped",
         "",
         *lines,
@@ -298,24 +196,25 @@ def plot(sweep: Sweep, champion: Trial | None, front: list[Trial], path: Path) -
     done = [t for t in sweep.trials if t.finished]
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     if done:
-        sizes = [t.metrics["size_file_bytes"] for t in done]
-        scale = 400 / max(sizes)
-        ax.scatter([t.metrics["latency_p50_ms"] for t in done], [100 * t.metrics["accuracy"] for t in done],
-                   s=[20 + s * scale for s in sizes], alpha=0.5, label="trial (marker area ~ file size)")
-        steps = sorted(front, key=lambda t: t.metrics["latency_p50_ms"])
-        ax.plot([t.metrics["latency_p50_ms"] for t in steps], [100 * t.metrics["accuracy"] for t in steps],
-                "r--o", ms=4, label="Pareto front")
+        x = [t.metrics["speedup"] for t in done]
+        y = [100 * t.metrics["accuracy"] for t in done]
+        err = [[t.metrics["speedup"] - t.metrics["speedup_ci_low"] for t in done],
+               [t.metrics["speedup_ci_high"] - t.metrics["speedup"] for t in done]]
+        ax.errorbar(x, y, xerr=err, fmt="o", alpha=0.6, capsize=3, label="trial (bars: 95 % interval of the speed-up)")
+        steps = sorted(front, key=lambda t: t.metrics["speedup"])
+        ax.plot([t.metrics["speedup"] for t in steps], [100 * t.metrics["accuracy"] for t in steps], "r--", label="Pareto front")
         if champion is not None:
-            x, y = champion.metrics["latency_p50_ms"], 100 * champion.metrics["accuracy"]
-            ax.scatter([x], [y], s=200, marker="*", color="gold", edgecolor="k", zorder=5, label="champion")
-            ax.annotate(champion.name, (x, y), textcoords="offset points", xytext=(8, -12), fontsize=8)
+            cx, cy = champion.metrics["speedup"], 100 * champion.metrics["accuracy"]
+            ax.scatter([cx], [cy], s=200, marker="*", color="gold", edgecolor="k", zorder=5, label="champion")
+            ax.annotate(champion.name, (cx, cy), textcoords="offset points", xytext=(8, -12), fontsize=8)
+        ax.axvline(1.0, color="grey", lw=0.8)
         # Zoom on the front: a broken trial at 0 % would squash every useful point into one line.
-        floor = min(100 * t.metrics["accuracy"] for t in front) - 5
-        below = sum(100 * t.metrics["accuracy"] < floor for t in done)
+        floor = min(100 * t.metrics["accuracy"] for t in (front or done)) - 5
+        below = sum(v < floor for v in y)
         if below:
-            ax.set_ylim(bottom=floor, top=100 * max(t.metrics["accuracy"] for t in done) + 1)
+            ax.set_ylim(bottom=floor, top=max(y) + 1)
             ax.text(0.01, 0.01, f"{below} trial(s) below {floor:.0f} % not shown", transform=ax.transAxes, fontsize=8)
-    ax.set_xlabel("p50 latency, batch 1 (ms)")
+    ax.set_xlabel("paired speed-up over the unpruned fp32 reference (x)")
     ax.set_ylabel("accuracy on scored plates (%)")
     ax.set_title(f"sweep {sweep.parent_id[:8]}: {len(done)} finished of {len(sweep.trials)} trials")
     ax.grid(alpha=0.3)
@@ -338,10 +237,10 @@ def register(champion: Trial, rule: Rule, model_name: str) -> str:
         if "already exists" not in str(e).lower():
             raise
     run = client.get_run(champion.run_id)
+    tags = {k: f"{champion.metrics[k]:g}" for k in REGISTRY_TAGS if k in champion.metrics}
     version = client.create_model_version(
         model_name, source=run.info.artifact_uri, run_id=champion.run_id,
-        tags={"rule": str(rule), "trial": champion.name, **{k: f"{champion.metrics[k]:g}" for k in FRONT_KEYS}},
-        description=f"champion under: {rule}",
+        tags={"rule": str(rule), "trial": champion.name, **tags}, description=f"champion under: {rule}",
     )
     client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
     return version.version
@@ -350,30 +249,37 @@ def register(champion: Trial, rule: Rule, model_name: str) -> str:
 def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", default="latest", help="parent run id of the sweep (default: the latest)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="latency",
-                        help="accuracy: highest accuracy within the limits; latency: lowest p50 within them")
-    parser.add_argument("--max-latency-ms", type=float, default=math.inf)
-    parser.add_argument("--max-size-bytes", type=float, default=math.inf)
+                        help="latency: fastest by paired speed-up within the limits; accuracy: most accurate on validation plates")
     parser.add_argument("--max-drop-pts", type=float, default=None,
-                        help="accuracy points allowed below the baseline (default 1 for --objective latency)")
+                        help="validation points allowed below the unpruned fp32 reference (default 1 for --objective latency)")
+    parser.add_argument("--min-speedup", type=float, default=0.0, help="paired speed-up at least this")
+    parser.add_argument("--max-latency-ms", type=float, default=math.inf, help="p50 at most this (drifts between trials)")
+    parser.add_argument("--max-size-bytes", type=float, default=math.inf)
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", tracking.TrackingConfig.uri))
     parser.add_argument("--experiment", default=tracking.TrackingConfig.experiment)
 
 
 def rule_of(args: argparse.Namespace) -> Rule:
     drop = args.max_drop_pts if args.max_drop_pts is not None else (1.0 if args.objective == "latency" else math.inf)
-    return Rule(args.objective, args.max_latency_ms, args.max_size_bytes, drop)
+    return Rule(args.objective, drop, args.min_speedup, args.max_latency_ms, args.max_size_bytes)
 
 
 def choose(sweep: Sweep, rule: Rule) -> tuple[Trial | None, str]:
     """The champion and a one-line account of the choice (which names the closest run on a miss)."""
-    champion = select(sweep.trials, rule, sweep.baseline)
+    champion = select(sweep.trials, rule)
     if champion is not None:
         m = champion.metrics
-        return champion, f"{champion.name} (run {champion.run_id}): accuracy {m['accuracy']:.4f}, p50 {m['latency_p50_ms']:.2f} ms"
-    near = closest(sweep.trials, rule, sweep.baseline)
+        tied = [t.name for t in sweep.trials if t is not champion and rule.admits(t) and not (
+            champion.speed[0] > t.speed[2] or t.speed[0] > champion.speed[2])]
+        return champion, (f"{champion.name} (run {champion.run_id}): speed-up {m['speedup']:.2f}x "
+                          f"[{m['speedup_ci_low']:.2f}, {m['speedup_ci_high']:.2f}], validation accuracy {m['val_accuracy']:.4f}, "
+                          f"scored accuracy {m['accuracy']:.4f}" + (f"; tied on speed with {len(tied)} other trial(s), "
+                                                                    "chosen by the tie rule" if tied else ""))
+    near = closest(sweep.trials, rule)
     if near is None:
-        return None, "none: no trial finished with accuracy, latency and size"
-    misses = ", ".join(f"{k} over by {v:.3g}" for k, v in rule.excess(near, sweep.baseline).items() if v > 0)
+        return None, ("none: no trial finished with the metrics a decision needs (paired speed-up and validation accuracy; "
+                      "a sweep with data.val_size=0 cannot decide without reading the scored plates)")
+    misses = ", ".join(f"{k} over by {v:.3g}" for k, v in rule.excess(near).items() if v > 0)
     return None, f"none: no trial satisfies the rule; closest is {near.name} (run {near.run_id}): {misses}; nothing registered"
 
 

@@ -17,17 +17,89 @@ def test_summarize_uses_the_metric_vocabulary():
     assert stats == {"latency_p50_ms": 50.5, "latency_p90_ms": pytest.approx(90.1), "latency_mean_ms": 50.5}
 
 
-def test_run_reports_latency_at_batch_one_and_throughput_at_the_stated_batch():
+def _plates(n=2):
+    return Plates(["a", "b"][:n], ["京A", "京B"][:n], np.zeros((n, 3, 24, 94), np.float32))
+
+
+def test_run_pairs_latency_at_batch_one_and_times_throughput_at_the_stated_batch():
     seen = []
-    plates = Plates(["a", "b"], ["京A", "京B"], np.zeros((2, 3, 24, 94), np.float32))
-    metrics = benchmark.run(lambda x: seen.append(len(x)), plates, BenchmarkConfig(warmup=1, repeats=3, throughput_batch=5, throughput_repeats=2))
-    assert set(metrics) == {"latency_p50_ms", "latency_p90_ms", "latency_mean_ms", "throughput_ips"}
-    assert seen.count(1) == 4 and seen.count(5) == 3  # throughput warm-up is capped at 3 calls
+    cfg = BenchmarkConfig(warmup=1, blocks=2, calls_per_block=3, max_blocks=2, throughput_batch=5, throughput_repeats=2)
+    metrics = benchmark.run(lambda x: seen.append(("b", len(x))), lambda x: seen.append(("a", len(x))), _plates(), cfg)
+    assert {"speedup", "speedup_ci_low", "speedup_ci_high", "latency_ref_p50_ms", "latency_p50_ms", "latency_p90_ms",
+            "latency_mean_ms", "bench_blocks", "bench_noise", "bench_noisy", "throughput_ips"} == set(metrics)
+    assert seen.count(("a", 1)) == seen.count(("b", 1)) == 1 + 2 * 3 and seen.count(("b", 5)) == 3
     assert metrics["throughput_ips"] > 0
 
 
+class SimulatedMachine:
+    """A clock that advances by what each call costs: ``ref_ms`` and ``cand_ms`` times a machine speed
+    that changes with time (``drift``), times per-call noise. The true speed-up is ref_ms / cand_ms."""
+
+    def __init__(self, ref_ms, cand_ms, drift, noise, seed=0):
+        self.now, self.rng = 0.0, np.random.default_rng(seed)
+        self.ref_ms, self.cand_ms, self.drift, self.noise = ref_ms, cand_ms, drift, noise
+
+    def clock(self):
+        return int(self.now * 1e6)
+
+    def _spend(self, ms):
+        self.now += ms * self.drift(self.now) * self.noise(self.rng)
+
+    def reference(self, x):
+        self._spend(self.ref_ms)
+
+    def candidate(self, x):
+        self._spend(self.cand_ms)
+
+
+DRIFTS = {
+    "quiet": (lambda t: 1.0, lambda rng: 1.0 + 0.02 * rng.standard_normal()),
+    "slow drift": (lambda t: 1.0 + t / 2000, lambda rng: 1.0 + 0.02 * rng.standard_normal()),
+    "step halfway": (lambda t: 1.0 if t < 600 else 1.6, lambda rng: 1.0 + 0.02 * rng.standard_normal()),
+    "bimodal": (lambda t: 1.0, lambda rng: 1.5 if rng.random() < 0.3 else 1.0),
+}
+
+
+@pytest.mark.parametrize("kind", DRIFTS)
+@pytest.mark.parametrize("truth", [1.0, 1.8])
+def test_the_interval_covers_the_true_ratio_under_drift(kind, truth):
+    """A 95 % interval misses now and then by design: over 40 machines it must cover at least 85 %."""
+    drift, noise = DRIFTS[kind]
+    covered = 0
+    for seed in range(40):
+        sim = SimulatedMachine(2.0 * truth, 2.0, drift, noise, seed)
+        m = benchmark.paired(sim.candidate, sim.reference, np.zeros(1), BenchmarkConfig(warmup=2), clock=sim.clock)
+        covered += m["speedup_ci_low"] <= truth <= m["speedup_ci_high"]
+        assert m["speedup"] == pytest.approx(truth, rel=0.02), (kind, seed, m)
+    assert covered >= 34, f"{kind}: the interval covered the truth {covered} times of 40"
+
+
+def test_timed_apart_the_same_step_would_fake_a_speed_up():
+    """What the pairing fixes: the same two models timed one after the other straddle the step."""
+    sim = SimulatedMachine(2.0, 2.0, lambda t: 1.0 if t < 300 else 1.6, DRIFTS["quiet"][1])
+    apart = np.median(benchmark.time_calls(sim.reference, None, 0, 150, sim.clock)) / np.median(
+        benchmark.time_calls(sim.candidate, None, 0, 150, sim.clock))
+    assert apart < 0.7  # the candidate ran after the step: it looks 1.6x slower
+    sim.now = 0.0  # the same step, now during a paired measurement
+    m = benchmark.paired(sim.candidate, sim.reference, None, BenchmarkConfig(), clock=sim.clock)
+    assert m["speedup"] == pytest.approx(1.0, rel=0.02)
+
+
+def test_a_noisy_machine_measures_more_blocks_then_flags():
+    wild = (lambda t: 1.0, lambda rng: float(rng.choice([0.5, 1.0, 3.0])))
+    sim = SimulatedMachine(2.0, 2.0, *wild)
+    cfg = BenchmarkConfig(warmup=0, blocks=4, calls_per_block=3, max_blocks=12, max_ci_width=0.05)
+    m = benchmark.paired(sim.candidate, sim.reference, None, cfg, clock=sim.clock)
+    assert m["bench_blocks"] == 12 and m["bench_noisy"] == 1.0 and m["bench_noise"] > 0.2
+    quiet = SimulatedMachine(2.0, 2.0, *DRIFTS["quiet"])
+    m = benchmark.paired(quiet.candidate, quiet.reference, None, BenchmarkConfig(blocks=4, max_blocks=12), clock=quiet.clock)
+    assert m["bench_blocks"] == 4 and m["bench_noisy"] == 0.0
+
+
 def test_bad_counts_are_refused():
-    with pytest.raises(ConfigError, match="benchmark.repeats=0"):
-        BenchmarkConfig(repeats=0)
-    with pytest.raises(ConfigError, match="benchmark.warmup=-1"):
+    with pytest.raises(ConfigError, match="benchmark.calls_per_block=0"):
+        BenchmarkConfig(calls_per_block=0)
+    with pytest.raises(ConfigError, match="benchmark.blocks=20 must be >= 2 and <= benchmark.max_blocks=10"):
+        BenchmarkConfig(blocks=20, max_blocks=10)
+    with pytest.raises(ConfigError, match="benchmark.warmup must be >= 0"):
         BenchmarkConfig(warmup=-1)

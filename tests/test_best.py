@@ -7,7 +7,7 @@ def test_best_picks_from_the_latest_sweep_without_writing(mlstore, capsys):  # n
     cfg, ids, tmp_path = mlstore
     assert best.main(["--tracking-uri", cfg.uri, "--objective", "accuracy"]) == 0
     assert "best: base " in capsys.readouterr().out
-    assert best.main(["--tracking-uri", cfg.uri]) == 0  # default: lowest p50 within 1 pt
+    assert best.main(["--tracking-uri", cfg.uri]) == 0  # default: fastest within 1 validation pt
     assert "best: p " in capsys.readouterr().out
     assert not (tmp_path / "new" / "report.md").exists()
 
@@ -20,5 +20,5 @@ def test_best_takes_a_named_sweep(mlstore, capsys):  # noqa: F811
 
 def test_best_says_when_nothing_qualifies(mlstore, capsys):  # noqa: F811
     cfg, _, _ = mlstore
-    assert best.main(["--tracking-uri", cfg.uri, "--max-latency-ms", "0.1"]) == 1
+    assert best.main(["--tracking-uri", cfg.uri, "--min-speedup", "20"]) == 1
     assert "no trial satisfies the rule; closest is" in capsys.readouterr().err

@@ -7,11 +7,11 @@ from lpr_sweep.data import DataConfig, DataError
 
 
 def test_real_root_verifies_and_splits(real_root):
-    root, calib, scored = data.load(DataConfig(root=str(real_root)))
-    assert (len(calib), len(scored)) == (100, 900)
-    assert not set(calib.files) & set(scored.files)
-    assert scored.images.shape == (900, 3, 24, 94) and scored.images.dtype == np.float32
-    assert scored.resized == calib.resized == 0
+    root, calib, val, scored = data.load(DataConfig(root=str(real_root)))
+    assert (len(calib), len(val), len(scored)) == (100, 200, 700)
+    assert not set(calib.files) & set(scored.files) and not set(val.files) & (set(scored.files) | set(calib.files))
+    assert scored.images.shape == (700, 3, 24, 94) and scored.images.dtype == np.float32
+    assert scored.resized == val.resized == calib.resized == 0
     i = scored.files.index("images/京PL3N67.jpg") if "images/京PL3N67.jpg" in scored.files else 0
     assert scored.labels[i] == scored.files[i][len("images/") : -len(".jpg")]
 
@@ -33,46 +33,48 @@ def test_checksum_mismatch_names_the_file(tiny_root):
     victim = tiny_root / "images" / f"{PLATES[0]}.jpg"
     victim.write_bytes(victim.read_bytes() + b"x")
     with pytest.raises(DataError, match=f"checksum mismatch for .*{PLATES[0]}.jpg"):
-        data.load(DataConfig(root=str(tiny_root), calib_size=1))
+        data.load(DataConfig(root=str(tiny_root), calib_size=1, val_size=1))
 
 
 def test_corrupt_image_is_refused(tiny_root):
     (tiny_root / "images" / f"{PLATES[1]}.jpg").write_bytes(b"not a jpeg")
     write_manifest(tiny_root)
     with pytest.raises(DataError, match=f"cannot decode image .*{PLATES[1]}.jpg: unreadable or corrupt"):
-        data.load(DataConfig(root=str(tiny_root), calib_size=1))
+        data.load(DataConfig(root=str(tiny_root), calib_size=1, val_size=1))
 
 
 def test_wrong_size_is_resized_and_counted(tmp_path):
     root = make_root(tmp_path / "d", size=(120, 30))
-    _, calib, scored = data.load(DataConfig(root=str(root), calib_size=2))
+    _, calib, val, scored = data.load(DataConfig(root=str(root), calib_size=2, val_size=2))
     assert scored.images.shape[1:] == (3, 24, 94)
-    assert calib.resized + scored.resized == len(PLATES)
+    assert calib.resized + val.resized + scored.resized == len(PLATES)
 
 
 def test_wrong_size_can_be_refused(tmp_path):
     root = make_root(tmp_path / "d", size=(120, 30))
     with pytest.raises(DataError, match=r"is 120x30, LPRNet takes 94x24; crop it or set data.on_wrong_size=resize"):
-        data.load(DataConfig(root=str(root), calib_size=2, on_wrong_size="error"))
+        data.load(DataConfig(root=str(root), calib_size=2, val_size=2, on_wrong_size="error"))
 
 
 def test_label_outside_class_list_is_refused(tmp_path):
     root = make_root(tmp_path / "d", labels=["京PL3N67", "京PL3N6!"])
     with pytest.raises(DataError, match=r"label '京PL3N6!' .* outside the LPRNet class list: '!'"):
-        data.load(DataConfig(root=str(root), calib_size=0))
+        data.load(DataConfig(root=str(root), calib_size=0, val_size=0))
 
 
 def test_split_is_seeded_and_order_independent():
     files = [f"images/{i}.jpg" for i in range(50)]
-    a = data.split(files, 10, seed=3)
-    assert a == data.split(list(reversed(files)), 10, seed=3)
-    assert a != data.split(files, 10, seed=4)
-    assert sorted(a[0] + a[1]) == sorted(files) and len(a[0]) == 10
+    a = data.split(files, 10, seed=3, val_size=15)
+    assert a == data.split(list(reversed(files)), 10, seed=3, val_size=15)
+    assert a != data.split(files, 10, seed=4, val_size=15)
+    assert sorted(a[0] + a[1] + a[2]) == sorted(files) and (len(a[0]), len(a[1]), len(a[2])) == (10, 15, 25)
+    # the validation plates come out of the scored ones: calibration stays as it was without them
+    assert data.split(files, 10, seed=3)[0] == a[0] and set(a[1]) < set(data.split(files, 10, seed=3)[2])
 
 
-def test_calib_size_must_leave_plates_to_score():
-    with pytest.raises(DataError, match="data.calib_size=5 must be in"):
-        data.split(["a", "b", "c", "d", "e"], 5, seed=0)
+def test_calibration_and_validation_must_leave_plates_to_score():
+    with pytest.raises(DataError, match=r"data.calib_size=3 \+ data.val_size=2 must leave plates to score of the 5"):
+        data.split(["a", "b", "c", "d", "e"], 3, seed=0, val_size=2)
 
 
 def test_encode_uses_the_class_list():

@@ -49,3 +49,21 @@ def test_run_scores_every_plate_in_batches():
     assert result.accuracy == pytest.approx(2 / 3)
     assert result.correct == [True, True, False]
     assert result.char_accuracy == pytest.approx(8 / 9)
+
+
+def test_wilson_interval_matches_known_values_and_stays_in_range():
+    low, high = evaluate.wilson(90, 100)
+    assert (round(low, 4), round(high, 4)) == (0.8256, 0.9448)  # the textbook 90/100 case
+    assert evaluate.wilson(0, 10)[0] == 0.0 and evaluate.wilson(10, 10)[1] == 1.0
+    assert evaluate.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_paired_drop_counts_plates_and_its_interval_holds_zero_for_a_swap():
+    ref = [True] * 90 + [False] * 10
+    same_count = [True] * 89 + [False] + [True] + [False] * 9  # lost one plate, gained another
+    d = evaluate.paired_drop(ref, same_count)
+    assert (d["drop_pts"], d["plates_lost"], d["plates_gained"]) == (0.0, 1.0, 1.0)
+    assert d["drop_pts_ci_low"] < 0 < d["drop_pts_ci_high"]
+    worse = [True] * 80 + [False] * 20  # lost ten plates, gained none
+    d = evaluate.paired_drop(ref, worse)
+    assert d["drop_pts"] == 10.0 and d["drop_pts_ci_low"] > 0 and d["plates_gained"] == 0

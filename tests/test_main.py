@@ -57,7 +57,7 @@ def test_failing_trial_is_isolated_in_a_parallel_sweep(tmp_path, tiny_root, stor
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_sweep_is_closed_and_resume_reruns_only_the_rest(tmp_path, tiny_root, store, sig):
-    slow = "benchmark.repeats=3000"  # a few seconds a trial, so that the signal lands while one runs
+    slow = "benchmark.calls_per_block=1500"  # a few seconds a trial, so that the signal lands while one runs
     proc = subprocess.Popen([sys.executable, "-m", "lpr_sweep", *_args(tmp_path, tiny_root, store, SIX, slow)], cwd=REPO,
                             stdout=open(tmp_path / "out.log", "w"), stderr=subprocess.STDOUT)
     try:

@@ -14,7 +14,7 @@ METRICS = {
     "accuracy", "char_accuracy", "latency_p50_ms", "latency_p90_ms", "latency_mean_ms", "throughput_ips",
     "size_file_bytes", "size_nonzero_bytes", "size_gzip_bytes", "sparsity",
 }
-FAST = ["benchmark.repeats=20", "benchmark.throughput_repeats=3"]
+FAST = ["benchmark.blocks=4", "benchmark.max_blocks=8", "benchmark.calls_per_block=10", "benchmark.throughput_repeats=3"]
 
 
 def _sweep(tmp_path, store, *args):
@@ -34,29 +34,36 @@ def test_three_trial_sweep_lands_in_mlflow(tmp_path, store, real_root):
     assert [r.info.status for r in children] == ["FINISHED"] * 3
     assert [r.data.params["prune.ratio"] for r in children] == ["0.1", "0.5", "0.9"]
 
-    _, calib, scored = data.load(data.DataConfig(root=str(real_root)))
+    _, calib, val, scored = data.load(data.DataConfig(root=str(real_root)))
     for run, ratio in zip(children, (0.1, 0.5, 0.9)):
         assert METRICS <= set(run.data.metrics), METRICS - set(run.data.metrics)
         m, p = run.data.metrics, run.data.params
         assert m["sparsity"] == pytest.approx(ratio, abs=1e-3)
-        assert p["protocol.n_scored"] == "900" and p["protocol.n_calib"] == "100"
+        assert (p["protocol.n_scored"], p["protocol.n_val"], p["protocol.n_calib"]) == ("700", "200", "100")
         assert p["prune.scope"] == "global" and p["model.norm"] == "sample" and p["protocol.latency_batch"] == "1" and p["benchmark.warmup"] == "20"
         assert run.data.tags["git_commit"] and run.data.tags["hw.cpu"]
         names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
-        assert {"model.onnx", "config.yaml", "predictions.csv", "scored_files.txt"} <= names
+        assert {"model.onnx", "config.yaml", "predictions.csv", "scored_files.txt", "val_files.txt", "calib_files.txt"} <= names
         listed = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/scored_files.txt").split()
-        assert listed == scored.files and not set(listed) & set(calib.files)
+        assert listed == scored.files and not set(listed) & (set(calib.files) | set(val.files))
+        assert mlflow.artifacts.load_text(f"{run.info.artifact_uri}/val_files.txt").split() == val.files
         rows = list(csv.DictReader(io.StringIO(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/predictions.csv"))))
-        assert len(rows) == 900
-        assert sum(r["correct"] == "1" for r in rows) / 900 == pytest.approx(m["accuracy"])
+        assert len(rows) == 700
+        assert sum(r["correct"] == "1" for r in rows) / 700 == pytest.approx(m["accuracy"])
+        # paired with the unpruned fp32 reference in this trial: speed and accuracy
+        assert m["speedup_ci_low"] <= m["speedup"] <= m["speedup_ci_high"] and m["latency_ref_p50_ms"] > 0
+        assert m["accuracy_ci_low"] < m["accuracy"] < m["accuracy_ci_high"]
+        assert m["drop_pts"] == pytest.approx(100 * (m["accuracy_ref"] - m["accuracy"]))
+        assert m["plates_lost"] - m["plates_gained"] == pytest.approx(m["drop_pts"] * 7)
+        assert "onnxruntime" in p["protocol.reference"] and p["protocol.bench_calls_per_block"] == "10"
     accuracy = [r.data.metrics["accuracy"] for r in children]
     assert accuracy[0] > 0.88 and accuracy[1] > 0.88  # global pruning holds up to 0.5 (docs/measured.md)
     sizes = [r.data.metrics["size_nonzero_bytes"] for r in children]
     assert sizes[0] > sizes[1] > sizes[2]
-    # no unpruned trial in this sweep, so only an accuracy rule can choose
-    assert report.main(["--tracking-uri", cfg.uri, "--objective", "accuracy", "--out", str(tmp_path / "report")]) == 0
+    # every trial carries its own reference, so a sweep without an unpruned trial still decides
+    assert report.main(["--tracking-uri", cfg.uri, "--out", str(tmp_path / "report"), "--no-register"]) == 0
     text = (tmp_path / "report" / "report.md").read_text()
-    assert text.count("| FINISHED |") == 3 and "Baseline (drop and speed-up are against it): none found" in text
+    assert text.count("| FINISHED |") == 3 and "Champion: prune.ratio=0." in text
 
 
 def test_original_protocol_gives_the_published_0_900(tmp_path, store):

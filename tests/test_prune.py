@@ -61,7 +61,7 @@ def _real(real_root, norm="sample"):
 def _plates(real_root, n=64):
     from lpr_sweep import data
 
-    _, _, scored = data.load(data.DataConfig(root=str(real_root)))
+    _, _, _, scored = data.load(data.DataConfig(root=str(real_root)))
     return torch.from_numpy(scored.images[:n])
 
 

@@ -142,3 +142,31 @@ def test_keep_float_must_name_convs_of_the_model(fake_backend, tmp_path):
 def test_bad_quant_settings_are_refused_before_any_work(overrides, message):
     with pytest.raises(ConfigError, match=message):
         config.validate(compose_cfg(overrides))
+
+
+def test_the_guard_decides_on_validation_plates_and_never_reads_a_scored_one(tmp_path, tiny_root, store, monkeypatch):
+    from conftest import TINY
+    from lpr_sweep import data, pipeline
+
+    seen, inside = [], []
+    run_guard, run_eval = quant.run, evaluate.run
+
+    def guard(*args, **kwargs):
+        inside.append(True)
+        try:
+            return run_guard(*args, **kwargs)
+        finally:
+            inside.pop()
+
+    def spy(rt, plates, cfg):
+        if inside:
+            seen.extend(plates.files)
+        return run_eval(rt, plates, cfg)
+
+    monkeypatch.setattr(quant, "run", guard)
+    monkeypatch.setattr(evaluate, "run", spy)
+    overrides = [f"data.root={tiny_root}", f"cache.dir={tmp_path}/cache", "quant=ort_static", *TINY, *store]
+    metrics = pipeline.run(compose_cfg(overrides), workdir=tmp_path / "w")
+    _, calib, val, scored = data.load(data.DataConfig(root=str(tiny_root), calib_size=2, val_size=2))
+    assert metrics["quant_candidates"] >= 1 and seen  # the guard scored its candidates ...
+    assert set(seen) == set(val.files) and not set(seen) & set(scored.files)  # ... on the validation plates only

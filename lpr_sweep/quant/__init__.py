@@ -93,10 +93,13 @@ def backend_of(cfg: QuantConfig) -> Backend:
     return _REGISTRY.get(cfg.backend, cfg.module)
 
 
-def check_pairing(cfg: QuantConfig, runtime_name: str, calib_split: int) -> None:
+def check_pairing(cfg: QuantConfig, runtime_name: str, calib_split: int, val_split: int) -> None:
     """Cross-group checks, run when the config is validated."""
     if cfg.backend == "none":
         return
+    if val_split < 1:
+        raise ConfigError(f"quant={cfg.backend} needs validation plates for its accuracy guard (data.val_size=0); "
+                          "set data.val_size=200 (the guard never reads the scored plates)")
     runtimes = backend_of(cfg).runtimes
     if runtime_name not in runtimes:
         raise ConfigError(f"quant={cfg.backend} cannot run on runtime={runtime_name}; use runtime={runtimes[0]}")

@@ -1,0 +1,111 @@
+"""The tie rule, the Pareto front and the champion rule, on synthetic trials (no MLflow)."""
+import itertools
+import random
+
+import pytest
+
+from lpr_sweep.selection import Rule, Trial, best, closest, dominates, faster, pareto, select
+
+
+def _t(name, val, speed, half=0.05, size=1e6, status="FINISHED", drop=0.0, nonzero=5e5):
+    metrics = {"val_accuracy": val, "speedup": speed, "speedup_ci_low": speed - half, "speedup_ci_high": speed + half,
+               "size_file_bytes": size, "size_nonzero_bytes": nonzero, "val_drop_pts": drop, "accuracy": val,
+               "latency_p50_ms": 2.0 / speed}
+    return Trial(name, name, status, metrics)
+
+
+def test_faster_only_when_the_intervals_do_not_overlap():
+    a, b, c = _t("a", 0.9, 2.0), _t("b", 0.9, 2.08), _t("c", 0.9, 2.15)
+    assert not faster(b, a) and not faster(a, b)  # [1.95, 2.05] and [2.03, 2.13] overlap: tied
+    assert faster(c, a) and not faster(c, b)
+
+
+def test_within_noise_ties_go_to_accuracy_then_size():
+    slow_accurate, fast_noisy = _t("acc", 0.90, 2.00), _t("fast", 0.89, 2.06)
+    assert best([slow_accurate, fast_noisy]).name == "acc"  # 3 % faster but within noise: accuracy decides
+    small = _t("small", 0.90, 1.98, size=0.5e6)
+    assert best([slow_accurate, fast_noisy, small]).name == "small"  # same accuracy: the smaller file
+    sparse = _t("sparse", 0.90, 1.99, size=0.5e6, nonzero=1e5)
+    assert best([small, sparse]).name == "sparse"  # same file size: fewer nonzero bytes
+    clearly_faster = _t("clear", 0.85, 3.0)
+    assert best([slow_accurate, fast_noisy, clearly_faster]).name == "clear"
+
+
+def test_accuracy_objective_takes_the_most_accurate_then_the_fastest_beyond_noise():
+    trials = [_t("a", 0.90, 1.0), _t("b", 0.90, 2.0), _t("c", 0.91, 1.0, size=3e6), _t("d", 0.90, 2.02, size=0.2e6)]
+    assert best(trials, "accuracy").name == "c"
+    assert best(trials[:2] + trials[3:], "accuracy").name == "d"  # b and d tie on speed, d is smaller
+
+
+def test_a_chain_of_overlaps_never_leaves_the_choice_empty():
+    chain = [_t(str(i), 0.9 - i / 100, 2.0 + 0.08 * i) for i in range(6)]  # each overlaps its neighbours only
+    choice = best(chain)
+    assert choice is not None and not any(faster(o, choice) for o in chain)
+
+
+def test_rule_limits_and_the_closest_trial():
+    trials = [_t("keeps", 0.90, 1.0), _t("loses1", 0.895, 2.0, drop=1.0), _t("loses3", 0.87, 4.0, drop=3.0),
+              _t("failed", 0.99, 9.0, status="FAILED")]
+    assert select(trials, Rule("latency", max_drop_pts=1.0)).name == "loses1"  # exactly at the limit counts
+    assert select(trials, Rule("latency", max_drop_pts=0.0)).name == "keeps"
+    assert select(trials, Rule("latency")).name == "loses3"
+    assert select(trials, Rule("latency", max_drop_pts=1.0, min_speedup=2.5)) is None
+    assert closest(trials, Rule("latency", max_drop_pts=1.0, min_speedup=2.5)).name == "loses1"
+    assert select(trials, Rule("accuracy", max_size_bytes=0.5e6)) is None
+    assert Rule("latency", max_drop_pts=1, min_speedup=2).excess(trials[2]) == {"val_drop_pts": 2.0, "speedup": -2.0}
+
+
+def test_trials_without_decision_metrics_never_win():
+    scored_only = Trial("s", "s", "FINISHED", {"accuracy": 0.99, "speedup": 9.0})  # e.g. data.val_size=0
+    assert select([scored_only, _t("f", 0.9, 1.0, status="FAILED")], Rule("accuracy")) is None
+
+
+def _classic_front(trials):
+    """Pareto front when speed is exact: maximise val accuracy and speed-up, minimise size."""
+    done = [t for t in trials if t.finished]
+
+    def vec(t):
+        return (t.metrics["val_accuracy"], t.metrics["speedup"], -t.metrics["size_file_bytes"])
+
+    def dominated(t):
+        return any(all(x >= y for x, y in zip(vec(o), vec(t))) and vec(o) != vec(t) for o in done)
+
+    return {t.run_id for t in done if not dominated(t)}
+
+
+def test_pareto_with_exact_speeds_is_the_classic_front():
+    rng = random.Random(0)
+    for case in range(200):
+        trials = [_t(f"{case}-{i}", rng.choice([0.8, 0.85, 0.9]), rng.choice([1.0, 2.0, 3.0]), half=0.0,
+                     size=rng.choice([1e6, 2e6]), status=rng.choice(["FINISHED"] * 5 + ["FAILED"]))
+                  for i in range(rng.randint(0, 12))]
+        assert {t.run_id for t in pareto(trials)} == _classic_front(trials)
+
+
+def test_pareto_with_intervals_keeps_exactly_the_undominated():
+    rng = random.Random(1)
+    for case in range(100):
+        trials = [_t(f"{case}-{i}", rng.choice([0.8, 0.85, 0.9]), rng.uniform(1, 3), half=rng.uniform(0, 0.5),
+                     size=rng.choice([1e6, 2e6])) for i in range(rng.randint(1, 10))]
+        front = {t.run_id for t in pareto(trials)}
+        for t in trials:
+            beaten = any(dominates(o, t) for o in trials if o is not t)
+            assert (t.run_id in front) == (not beaten)
+
+
+def test_a_point_faster_trial_within_noise_is_not_on_the_front_when_less_accurate():
+    accurate, noisy, clear = _t("accurate", 0.90, 2.0), _t("noisy", 0.88, 2.1, half=0.2), _t("clear", 0.88, 2.5)
+    assert {t.name for t in pareto([accurate, noisy, clear])} == {"accurate", "clear"}
+    assert dominates(accurate, noisy) and not dominates(accurate, clear)
+
+
+def test_rules_state_themselves():
+    assert str(Rule("latency", max_drop_pts=1)).startswith("fastest (paired speed-up) with val_drop_pts <= 1;")
+    assert "ties go to validation accuracy, then file size" in str(Rule("accuracy", min_speedup=2))
+    with pytest.raises(ValueError, match="objective 'speed' is unknown"):
+        Rule("speed")
+
+
+def test_tie_rule_is_order_independent():
+    trials = [_t("a", 0.90, 2.0), _t("b", 0.90, 2.04, size=0.9e6), _t("c", 0.89, 2.1), _t("d", 0.90, 1.5)]
+    assert {best(list(p)).name for p in itertools.permutations(trials)} == {"b"}
