@@ -41,7 +41,8 @@ bench: data ## every runtime and optimization side by side in one process (ratio
 bench-sweep: data ## wall time of a 6-trial sweep: serial vs 2-way parallel, cold vs warm stage cache
 	$(PY) -m lpr_sweep.bench_sweep
 
-ui: setup ## serve the MLflow UI on http://127.0.0.1:5000
+ui: setup ## serve the MLflow UI on http://127.0.0.1:5000 and print the address of its runs table
+	@$(PY) -c "from lpr_sweep import tracking; print('open the runs table at', tracking.ui_url(tracking.TrackingConfig()))"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlruns --host 127.0.0.1 --port 5000
 
 clean: ## remove run outputs (keeps .venv)

@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lpr_sweep import ConfigError, config, pipeline, tracking  # noqa: F401  (config registers the schema)
+from lpr_sweep import ConfigError, config, pipeline, signals  # noqa: F401  (config registers the schema)
 from lpr_sweep.data import DataError
 
 log = logging.getLogger("lpr_sweep")
@@ -19,8 +19,8 @@ def main(cfg: DictConfig) -> dict | None:
     from hydra.types import RunMode
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    tracking.handle_interrupts()
-    tracking.check_interrupted()  # a signal during the previous trial stops the sweep here
+    signals.handle_interrupts()
+    signals.check_interrupted()  # a signal during the previous trial stops the sweep here
     try:
         return pipeline.run(cfg)
     except (ConfigError, DataError, FileNotFoundError) as e:

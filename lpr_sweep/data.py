@@ -128,23 +128,32 @@ def encode(label: str) -> list[int]:
     return [_CHAR_INDEX[c] for c in label]
 
 
-def read_image(path: Path, on_wrong_size: str) -> tuple[np.ndarray, bool]:
-    """BGR image as normalised CHW float32, and whether it had to be resized to 94x24."""
+def read_bgr(path: Path) -> np.ndarray:
+    """The image as OpenCV decodes it: uint8 (H, W, 3), BGR."""
     # imdecode(fromfile) rather than imread: plate names are not ASCII.
     img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise DataError(f"cannot decode image {path}: unreadable or corrupt; replace or remove it")
+    return img
+
+
+def preprocess(img: np.ndarray) -> np.ndarray:
+    """A BGR uint8 image as LPRNet's input: resized to 94x24 if needed (as upstream's test loader
+    does), normalised, CHW float32. The deployed model runs the same function."""
+    h, w = INPUT_HW
+    if img.shape[:2] != (h, w):
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC)
+    return ((img.astype(np.float32) - 127.5) * 0.0078125).transpose(2, 0, 1)
+
+
+def read_image(path: Path, on_wrong_size: str) -> tuple[np.ndarray, bool]:
+    """BGR image as normalised CHW float32, and whether it had to be resized to 94x24."""
+    img = read_bgr(path)
     h, w = INPUT_HW
     resized = img.shape[:2] != (h, w)
-    if resized:
-        if on_wrong_size == "error":
-            raise DataError(
-                f"image {path} is {img.shape[1]}x{img.shape[0]}, LPRNet takes {w}x{h}; "
-                "crop it or set data.on_wrong_size=resize"
-            )
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC)  # upstream's test loader does this
-    chw = (img.astype(np.float32) - 127.5) * 0.0078125
-    return chw.transpose(2, 0, 1), resized
+    if resized and on_wrong_size == "error":
+        raise DataError(f"image {path} is {img.shape[1]}x{img.shape[0]}, LPRNet takes {w}x{h}; crop it or set data.on_wrong_size=resize")
+    return preprocess(img), resized
 
 
 def load_plates(root: Path, files: list[str], on_wrong_size: str = "resize") -> Plates:

@@ -4,8 +4,6 @@
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import shutil
 import tempfile
@@ -15,11 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from lpr_sweep import benchmark, cache, config, data, evaluate, export, hardware, prune, quant, runtime, size, tracking
+from lpr_sweep import benchmark, cache, config, data, evaluate, export, hardware, prune, quant, runtime, signals, size, tracking
 from lpr_sweep import model as lprnet
 from lpr_sweep.model_file import ModelFile
+from lpr_sweep.tracking import record, sweep
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,6 @@ def _run_name(cfg: config.Config) -> str:
     return overrides or cfg.optimization.name
 
 
-def _predictions_csv(plates: data.Plates, result: evaluate.Result) -> str:
-    return _csv([
-        {"file": f, "label": t, "prediction": p, "correct": int(c)}
-        for f, t, p, c in zip(plates.files, plates.labels, result.predictions, result.correct)
-    ])
-
-
 class Stages:
     """Says which stage of which trial is running, and sums each stage's seconds."""
 
@@ -62,7 +55,7 @@ class Stages:
         finally:
             key = f"stage_{name}_seconds"
             self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
-        tracking.check_interrupted()
+        signals.check_interrupted()
 
 
 @dataclass
@@ -187,16 +180,10 @@ def _quantize(conf: config.Config, fp32: ModelFile, export_key: str, calib: data
 
 
 def _log_quant(conf: config.Config, built: Built, n_calib: int) -> dict[str, float]:
-    import mlflow
-
     guard = built.guard
-    mlflow.log_text(_csv(guard.rows), "quant_candidates.csv")
-    if guard.sensitivity:
-        mlflow.log_text(_csv([{"conv_kept_float": n, "logit_mse": e} for n, e in guard.sensitivity]), "quant_sensitivity.csv")
-    mlflow.log_params({"quant.n_calib_used": min(conf.quant.calib_size, n_calib),
-                       "quant.chosen_method": guard.row["method"], "quant.chosen_keep_float": guard.row["keep_float"]})
     verdict = "met" if guard.met else f"not met: best drop {guard.row['drop_pts']:.2f} pts > {conf.quant.max_drop}"
-    mlflow.set_tag("quant_guard", verdict)
+    record.log_quant(guard, {"quant.n_calib_used": min(conf.quant.calib_size, n_calib), "quant.chosen_method": guard.row["method"],
+                               "quant.chosen_keep_float": guard.row["keep_float"]}, verdict)
     return {"val_accuracy_fp32": built.fp32_accuracy, "quant_candidates": len(guard.rows),
             "sparsity_int8": size.int8_sparsity(built.runtime.constants())}
 
@@ -209,12 +196,11 @@ def _accuracy(result: evaluate.Result, ref: evaluate.Result, n: int) -> dict[str
             **evaluate.paired_drop(ref.correct, result.correct)}
 
 
-def _csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
+def _description(conf: config.Config, name: str) -> str:
+    """The run's description in the MLflow UI: what varies, and what it is."""
+    parts = [f"runtime {conf.runtime.name}", f"prune {conf.prune.scope.value} {conf.prune.ratio}"
+             + (" structured" if conf.prune.structured else ""), f"quant {conf.quant.backend}"]
+    return f"Trial `{name}` (preset {conf.optimization.name}): " + ", ".join(parts) + "."
 
 
 def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
@@ -232,15 +218,13 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
     stages = Stages(name)
 
     packages = runtime.get(conf.runtime).packages + (quant.backend_of(conf.quant).packages if conf.quant.backend != "none" else ())
-    with tracking.trial(conf.tracking, run_name=name, params=params, parent_run_id=tracking.parent_run_id(),
+    with record.trial(conf.tracking, run_name=name, params=params, parent_run_id=sweep.parent_run_id(),
                         config_hash=config_hash, packages=packages):
-        import mlflow
-
         with stages("data"):
             root, calib, val, scored = data.load(conf.data)
         with stages("reference"):
             ref, ref_what = reference(conf, root, workdir / "reference")
-        mlflow.log_params({
+        record.log_trial({
             "protocol.data_root": str(root),
             "protocol.n_scored": len(scored),
             "protocol.n_calib": len(calib),
@@ -250,18 +234,16 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
             "protocol.parallel_jobs": hardware.parallel_jobs(),
             "protocol.reference": ref_what,
             **benchmark.protocol(conf.benchmark, ref_what),
-        })
-        for part, plates in (("scored", scored), ("val", val), ("calib", calib)):
-            mlflow.log_text("\n".join(plates.files) + "\n", f"{part}_files.txt")
-        mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+        }, _description(conf, name), OmegaConf.to_yaml(resolved))
+        record.log_plates(root, {"scored": scored, "val": val, "calib": calib})
 
         built = build(conf, root, calib, val, workdir, stages)
         rt = built.runtime
         metrics = {"sparsity": built.sparsity, "params_dense": built.params_dense, "macs": size.macs(built.fp32_onnx),
                    **built.lowering_stats, **built.cache_hits}
         if built.channels:
-            mlflow.log_text(_csv([{"conv": k, "channels_before": a, "channels_after": b} for k, (a, b) in built.channels.items()]),
-                            "structured_channels.csv")
+            record.log_table([{"conv": k, "channels_before": a, "channels_after": b} for k, (a, b) in built.channels.items()],
+                               "structured_channels.csv")
         if built.guard:
             metrics.update(_log_quant(conf, built, len(calib)))
 
@@ -284,11 +266,14 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
                         metrics["speedup_ci_high"], metrics["bench_blocks"])
         with stages("size"):
             metrics.update(size.measure(rt.artifacts, rt.constants()))
+        with stages("deploy"):
+            record.log_model(rt, conf.runtime.name, hardware.threads(conf.hardware), packages,
+                               data.read_bgr(root / (calib.files or val.files or scored.files)[0])[np.newaxis], workdir)
         metrics.update(stages.seconds)
-        mlflow.log_metrics(metrics)
-        mlflow.log_text(_predictions_csv(scored, result), "predictions.csv")
-        for path in {built.fp32_onnx, *rt.artifacts}:
-            mlflow.log_artifact(str(path))
+        record.log_table([{"file": f, "label": t, "prediction": p, "correct": int(c)}
+                            for f, t, p, c in zip(scored.files, scored.labels, result.predictions, result.correct)],
+                           "predictions.csv")
+        record.log_result(metrics, sorted({built.fp32_onnx, *rt.artifacts}))
     log.info("[%s] accuracy %.4f (drop %.2f pts, 95 %% [%.2f, %.2f]), speed-up %.2fx [%.2f, %.2f], p50 %.2f ms",
              name, metrics["accuracy"], metrics["drop_pts"], metrics["drop_pts_ci_low"], metrics["drop_pts_ci_high"],
              metrics["speedup"], metrics["speedup_ci_low"], metrics["speedup_ci_high"], metrics["latency_p50_ms"])

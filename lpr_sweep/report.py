@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lpr_sweep import tracking
+from lpr_sweep.tracking import registry
 from lpr_sweep.selection import OBJECTIVES, Rule, Trial, closest, pareto, select
 
 CHAMPION_ALIAS = "champion"
@@ -63,43 +64,12 @@ class Sweep:
     trials: list[Trial]
 
 
-def _trial(run) -> Trial:
-    return Trial(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.metrics),
-                 dict(run.data.params), run.data.tags.get("error", ""))
-
-
 def load(cfg: tracking.TrackingConfig, sweep: str = "latest") -> Sweep:
     """A sweep's trials from MLflow; ``sweep`` is a parent run id or ``latest``. LookupError if none."""
-    from mlflow import MlflowClient
-
-    exp = _experiment(cfg)
-    client = MlflowClient()
-    if sweep == "latest":
-        parents = client.search_runs([exp], f"tags.`{tracking.ROLE_TAG}` = 'sweep'", order_by=["start_time DESC"], max_results=1)
-        if not parents:
-            raise LookupError(f"experiment {cfg.experiment!r} holds no sweep; run `python -m lpr_sweep -m ...` first")
-        parent = parents[0]
-    else:
-        try:
-            parent = client.get_run(sweep)
-        except Exception:
-            raise LookupError(f"no run {sweep!r} at {cfg.uri}; pass the parent run id shown by the sweep") from None
-    # a resumed sweep re-ran its interrupted trials: show each config once
-    runs = tracking.latest_per_config(client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=5000))
-    if not runs:
-        raise LookupError(f"sweep {parent.info.run_id} has no trials in experiment {cfg.experiment!r}; pass --sweep <parent run id>")
-    sweep_dir = parent.data.tags.get("sweep_dir")
-    return Sweep(parent.info.run_id, Path(sweep_dir) if sweep_dir else None, [_trial(r) for r in runs])
-
-
-def _experiment(cfg: tracking.TrackingConfig) -> str:
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
-    experiment = mlflow.get_experiment_by_name(cfg.experiment)
-    if experiment is None:
-        raise LookupError(f"no experiment {cfg.experiment!r} at {cfg.uri}; run `python -m lpr_sweep -m ...` first")
-    return experiment.experiment_id
+    parent_id, sweep_dir, runs = registry.read_sweep(cfg, sweep)
+    trials = [Trial(r.info.run_id, r.info.run_name, r.info.status, dict(r.data.metrics), dict(r.data.params),
+                    r.data.tags.get("error", ""), dict(r.data.tags)) for r in runs]
+    return Sweep(parent_id, Path(sweep_dir) if sweep_dir else None, trials)
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -225,25 +195,32 @@ def plot(sweep: Sweep, champion: Trial | None, front: list[Trial], path: Path) -
     return path
 
 
-def register(champion: Trial, rule: Rule, model_name: str) -> str:
-    """Register the champion run's artifacts (its deployable files) and point the alias at them."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+def _readable(key: str, value: float) -> str:
+    """A tag a person reads: bytes whole, ratios to 2 decimals, accuracies to 4."""
+    if key.endswith("_bytes"):
+        return str(int(round(value)))
+    return f"{value:.2f}" if key.startswith(("speedup", "latency", "drop")) else f"{value:.4f}"
 
-    client = MlflowClient()
-    try:
-        client.create_registered_model(model_name, description="LPRNet variants chosen by `python -m lpr_sweep.report`")
-    except MlflowException as e:
-        if "already exists" not in str(e).lower():
-            raise
-    run = client.get_run(champion.run_id)
-    tags = {k: f"{champion.metrics[k]:g}" for k in REGISTRY_TAGS if k in champion.metrics}
-    version = client.create_model_version(
-        model_name, source=run.info.artifact_uri, run_id=champion.run_id,
-        tags={"rule": str(rule), "trial": champion.name, **tags}, description=f"champion under: {rule}",
+
+def register(champion: Trial, rule: Rule, model_name: str) -> str:
+    """Register the champion's logged MLflow Model and point the alias at it."""
+
+    source = champion.tags.get(tracking.MODEL_TAG)
+    if not source:
+        raise LookupError(f"trial {champion.name} (run {champion.run_id}) logged no MLflow Model (it predates them); "
+                          "rerun it with `resume=false` to log one")
+    m, p = champion.metrics, champion.params
+    description = (
+        f"Champion under: {rule}. Trial {champion.name} (run {champion.run_id}): speed-up {m['speedup']:.2f}x "
+        f"[{m['speedup_ci_low']:.2f}, {m['speedup_ci_high']:.2f}] over {p.get('protocol.reference', 'the reference')}, "
+        f"{p.get('protocol.threads', '?')} threads, batch 1; accuracy {m['accuracy']:.4f} on {p.get('protocol.n_scored', '?')} "
+        f"scored plates (chosen on {p.get('protocol.n_val', '?')} validation plates). Input: uint8 (N, H, W, 3) BGR images; "
+        "output: plate, confidence."
     )
-    client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
-    return version.version
+    tags = {"rule": str(rule), "trial": champion.name, **{k: _readable(k, m[k]) for k in REGISTRY_TAGS if k in m}}
+    version = registry.register_model(source, model_name, tags, description)
+    registry.set_champion(model_name, CHAMPION_ALIAS, version)
+    return version
 
 
 def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
@@ -298,21 +275,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     rule = rule_of(args)
     champion, note = choose(sweep, rule)
+    registered = True
     if champion is not None and not args.no_register:
-        note += f"; registered as {args.model_name} version {register(champion, rule, args.model_name)}, alias '{CHAMPION_ALIAS}'"
+        try:
+            note += f"; registered as {args.model_name} version {register(champion, rule, args.model_name)}, alias '{CHAMPION_ALIAS}'"
+        except LookupError as e:  # the report is still written; the exit status says nothing was registered
+            note += f"; not registered: {e}"
+            registered = False
     front = pareto(sweep.trials)
     out = args.out or (sweep.sweep_dir if sweep.sweep_dir and sweep.sweep_dir.is_dir() else Path("."))
     out.mkdir(parents=True, exist_ok=True)
     md = out / "report.md"
     md.write_text(markdown(sweep, rule, champion, front, note), encoding="utf-8")
     png = plot(sweep, champion, front, out / "report.png")
-    from mlflow import MlflowClient
-
-    for path in (md, png):
-        MlflowClient().log_artifact(sweep.parent_id, str(path))
+    registry.log_files(sweep.parent_id, [md, png])
     print(md.read_text(encoding="utf-8"))
     print(f"wrote {md} and {png}; logged to run {sweep.parent_id}")
-    return 0 if champion is not None else 1
+    return 0 if champion is not None and registered else 1
 
 
 if __name__ == "__main__":

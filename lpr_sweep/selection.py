@@ -29,6 +29,7 @@ class Trial:
     metrics: dict[str, float]
     params: dict[str, str] = field(default_factory=dict)
     error: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:

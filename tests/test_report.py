@@ -1,6 +1,7 @@
 import cv2
 import numpy as np
 import pytest
+import mlflow
 from mlflow import MlflowClient
 
 from lpr_sweep import report, tracking
@@ -45,6 +46,11 @@ def test_plot_is_a_decodable_png(tmp_path):
     assert image is not None and image.shape[0] > 100 and image.std() > 0
 
 
+class Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
 @pytest.fixture
 def mlstore(tmp_path):
     """Two sweeps in a private store: 'old' (one trial), 'new' (baseline, pruned, failed)."""
@@ -70,6 +76,10 @@ def mlstore(tmp_path):
             if acc is not None:
                 for k, v in _t(name, acc, speed).metrics.items():
                     client.log_metric(run, k, v)
+            if name in ("base", "p"):  # the trials that tests register: a stand-in for the logged model
+                with mlflow.start_run(run_id=run):
+                    info = mlflow.pyfunc.log_model(name="model", python_model=Echo())
+                client.set_tag(run, tracking.MODEL_TAG, info.model_uri)
             else:
                 client.set_tag(run, "error", "ValueError: bad graph")
             client.set_terminated(run, status)
@@ -87,7 +97,11 @@ def test_report_writes_logs_and_registers_the_champion(mlstore, capsys):
     logged = {a.path for a in client.list_artifacts(ids["new"])}
     assert {"report.md", "report.png"} <= logged
     version = client.get_model_version_by_alias("lpr_sweep", "champion")
-    assert version.run_id == client.search_runs([tracking.experiment_id(cfg)], "attributes.run_name = 'p'")[0].info.run_id
+    run = client.search_runs([tracking.experiment_id(cfg)], "attributes.run_name = 'p'")[0]
+    assert version.source == run.data.tags[tracking.MODEL_TAG] and version.tags["trial"] == "p"
+    assert (version.tags["accuracy"], version.tags["size_file_bytes"], version.tags["speedup"]) == ("0.8950", "1000000", "2.00")
+    assert "Champion under: fastest (paired speed-up)" in version.description and f"run {run.info.run_id}" in version.description
+    assert mlflow.pyfunc.load_model("models:/lpr_sweep@champion").predict(np.zeros((1, 2))).shape == (1, 2)
     # a second report under another rule moves the alias
     assert report.main(["--tracking-uri", cfg.uri, "--objective", "accuracy"]) == 0
     assert client.get_model_version_by_alias("lpr_sweep", "champion").tags["trial"] == "base"

@@ -6,10 +6,17 @@ import torch
 from conftest import build_runtime as _build
 
 
-def test_torch_deploys_its_state_dict(net_and_onnx):
+def test_torch_deploys_a_program_that_loads_back_alone(net_and_onnx):
+    from lpr_sweep import runtime
+    from lpr_sweep.hardware import HardwareConfig
+    from lpr_sweep.model_file import ModelFile
+
     net, onnx_path, workdir = net_and_onnx
-    (pt,) = _build("torch", net, onnx_path, workdir).artifacts
-    assert set(torch.load(pt, weights_only=True)) == set(net.state_dict())
+    (pt2,) = _build("torch", net, onnx_path, workdir).artifacts
+    again = runtime.build("torch", ModelFile(None, pt2, artifact=pt2), HardwareConfig(threads=1), workdir)
+    x = np.random.default_rng(2).standard_normal((3, 3, 24, 94)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(again(x), net(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CI has none")

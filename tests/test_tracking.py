@@ -3,7 +3,7 @@ import pytest
 from mlflow import MlflowClient
 
 from lpr_sweep import ConfigError, tracking
-from lpr_sweep.tracking import TrackingConfig
+from lpr_sweep.tracking import TrackingConfig, record
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def _only_run(cfg):
 
 
 def test_finished_trial_holds_params_and_tags(cfg):
-    with tracking.trial(cfg, run_name="ok", params={"prune.ratio": 0.5}, parent_run_id=None, packages=("onnxruntime",)):
+    with record.trial(cfg, run_name="ok", params={"prune.ratio": 0.5}, parent_run_id=None, packages=("onnxruntime",)):
         mlflow.log_metric("accuracy", 0.9)
     run = _only_run(cfg)
     assert run.info.status == "FINISHED"
@@ -31,7 +31,7 @@ def test_finished_trial_holds_params_and_tags(cfg):
 
 def test_failed_trial_records_the_error_and_reraises(cfg):
     with pytest.raises(RuntimeError, match="boom"):
-        with tracking.trial(cfg, run_name="bad", params={}, parent_run_id=None):
+        with record.trial(cfg, run_name="bad", params={}, parent_run_id=None):
             raise RuntimeError("boom")
     run = _only_run(cfg)
     assert run.info.status == "FAILED"
@@ -41,7 +41,7 @@ def test_failed_trial_records_the_error_and_reraises(cfg):
 
 def test_interrupted_trial_is_killed_not_left_running(cfg):
     with pytest.raises(KeyboardInterrupt):
-        with tracking.trial(cfg, run_name="int", params={}, parent_run_id=None):
+        with record.trial(cfg, run_name="int", params={}, parent_run_id=None):
             raise KeyboardInterrupt
     assert _only_run(cfg).info.status == "KILLED"
 
@@ -49,7 +49,7 @@ def test_interrupted_trial_is_killed_not_left_running(cfg):
 def test_child_points_at_its_parent(cfg):
     exp = tracking.experiment_id(cfg)
     parent = MlflowClient().create_run(exp).info.run_id
-    with tracking.trial(cfg, run_name="child", params={}, parent_run_id=parent):
+    with record.trial(cfg, run_name="child", params={}, parent_run_id=parent):
         pass
     (child,) = MlflowClient().search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
     assert child.data.tags[tracking.ROLE_TAG] == "trial"

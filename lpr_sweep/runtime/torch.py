@@ -1,4 +1,5 @@
-"""PyTorch eager, or the compiled int8 module of quant=torch_x86; deploys as a state dict."""
+"""PyTorch eager, or the compiled int8 module of quant=torch_x86; deploys as an exported program (.pt2),
+which loads back (``torch.export.load``) without this package's model code."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ import numpy as np
 from torch import nn
 
 from lpr_sweep import hardware as hw
+from lpr_sweep.model import INPUT_HW
 from lpr_sweep.model_file import ModelFile
 from lpr_sweep.runtime import register
 
@@ -43,11 +45,14 @@ class TorchRuntime:
         self.device = torch.device(hardware.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = hardware.allow_tf32
-        self.model = model_file.module.to(self.device)
         artifact = model_file.artifact
         if artifact is None:
-            artifact = workdir / "model.pt"
-            torch.save({k: v.cpu() for k, v in model_file.module.state_dict().items()}, artifact)
+            artifact = workdir / "model.pt2"
+            example = torch.zeros(2, 3, *INPUT_HW)
+            program = torch.export.export(model_file.module.eval(), (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+            torch.export.save(program, str(artifact))
+        module = model_file.module if model_file.module is not None else torch.export.load(str(artifact)).module()
+        self.model = module.to(self.device)
         self.artifacts = [artifact]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

@@ -1,0 +1,33 @@
+"""Ctrl-C and SIGTERM unwind a trial like an exception, so its run is closed KILLED, not left RUNNING.
+
+Some libraries swallow a KeyboardInterrupt raised inside their callbacks (Python prints and drops an
+exception raised in a weakref callback), so the signal is also remembered and checked again after
+every stage and before every trial.
+"""
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+_interrupted: list[str] = []  # the signal, once one arrived
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    first = not _interrupted
+    _interrupted.append(signal.Signals(signum).name)
+    # Only the first signal unwinds: a second one 10 ms later would land inside the handler that is
+    # recording the first, and leave the run for MLflow's exit hook to close as FINISHED.
+    if first:
+        raise KeyboardInterrupt(f"signal {_interrupted[0]}")
+
+
+def handle_interrupts() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so runs get marked KILLED instead of staying RUNNING."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
+def check_interrupted() -> None:
+    """Raise again if a signal came and some library swallowed its KeyboardInterrupt."""
+    if _interrupted:
+        raise KeyboardInterrupt(f"signal {_interrupted[0]}")

@@ -1,0 +1,127 @@
+"""The logged MLflow Model reads the same plates its trial scored: per runtime, int8 and structured,
+through ``mlflow.pyfunc.load_model``, ``mlflow models serve`` and ``python -m lpr_sweep.predict``."""
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import TINY, compose_cfg
+from lpr_sweep import data, deploy, pipeline, predict, tracking
+
+
+def _images(root, files):
+    return np.stack([data.read_bgr(root / f) for f in files])
+
+
+def test_confidence_is_the_mean_greedy_probability():
+    logits = np.zeros((1, 3, 2), np.float32)
+    logits[0, 0, :] = [np.log(3.0), 0.0]  # column 0: p = 3/5, column 1: p = 1/3 for every class
+    assert deploy.confidence(logits)[0] == pytest.approx((0.6 + 1 / 3) / 2)
+
+
+def test_images_must_be_uint8_bgr_batches():
+    with pytest.raises(ValueError, match=r"expected uint8 images of shape \(N, H, W, 3\)"):
+        deploy.read_plates(lambda x: x, np.zeros((24, 94, 3), np.uint8))
+
+
+def _trial(tmp_path, store, *overrides):
+    metrics = pipeline.run(compose_cfg([*overrides, *store]), workdir=tmp_path / "w")
+    (run,) = mlflow.search_runs(experiment_names=["lpr_sweep"], output_format="list", order_by=["start_time DESC"], max_results=1)
+    rows = list(csv.DictReader(io.StringIO(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/predictions.csv"))))
+    return metrics, run, rows
+
+
+@pytest.mark.parametrize("overrides", [["runtime=onnxruntime"], ["runtime=openvino"], ["runtime=torch"],
+                                       ["quant=nncf", "runtime=openvino"], ["optimization=prune_structured", "prune.ratio=0.5"]],
+                         ids=["onnxruntime", "openvino", "torch", "int8-nncf", "structured"])
+def test_the_logged_model_reproduces_its_trial_on_tiny_data(tmp_path, tiny_root, store, overrides):
+    _, run, rows = _trial(tmp_path, store, f"data.root={tiny_root}", f"cache.dir={tmp_path}/cache", *TINY, *overrides)
+    model = mlflow.pyfunc.load_model(run.data.tags[tracking.MODEL_TAG])
+    out = model.predict(_images(tiny_root, [r["file"] for r in rows]))
+    assert list(out["plate"]) == [r["prediction"] for r in rows]
+    assert ((out["confidence"] > 0) & (out["confidence"] <= 1)).all()
+    assert model.metadata.get_input_schema().inputs[0].type == np.dtype(np.uint8)
+
+
+@pytest.mark.slow
+def test_real_plates_through_load_model_the_server_and_predict(tmp_path, real_root, store, capsys):
+    """A real trial (structured + NNCF int8 on OpenVINO): its model, served on 127.0.0.1, reads back
+    the plates its predictions.csv holds; so does `python -m lpr_sweep.predict`."""
+    metrics, run, rows = _trial(tmp_path, store, "optimization=prune_structured_quant", "benchmark.blocks=2",
+                                "benchmark.max_blocks=2", "benchmark.throughput_repeats=1")
+    uri = run.data.tags[tracking.MODEL_TAG]
+    files = [r["file"] for r in rows]
+    capsys.readouterr()  # the trial's own output
+    out = mlflow.pyfunc.load_model(uri).predict(_images(real_root, files))
+    assert list(out["plate"]) == [r["prediction"] for r in rows]  # all 700 scored plates
+    assert np.mean(out["plate"] == [r["label"] for r in rows]) == pytest.approx(metrics["accuracy"], abs=1e-4)
+
+    port = _free_port()
+    # as from an activated venv: the server starts uvicorn from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store[0].split("=", 1)[1],
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+                               "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        five = _images(real_root, files[:5])
+        body = json.dumps({"inputs": five.tolist()}).encode()
+        answer = _post(f"http://127.0.0.1:{port}/invocations", body)
+        assert [p["plate"] for p in answer["predictions"]] == [r["prediction"] for r in rows[:5]]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    code = predict.main(["--model", uri, "--tracking-uri", store[0].split("=", 1)[1], str(real_root / files[0]),
+                         str(tmp_path / "missing.jpg")])
+    printed = capsys.readouterr()
+    assert code == 1 and printed.out.strip().split("\t")[:2] == [str(real_root / files[0]), rows[0]["prediction"]]
+    assert f"error: cannot read {tmp_path / 'missing.jpg'}" in printed.err
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url, body, deadline_s=180):
+    deadline = time.time() + deadline_s
+    while True:
+        try:
+            request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+            return json.loads(urllib.request.urlopen(request, timeout=30).read())
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(1)
+
+
+def test_predict_names_an_unreadable_image_and_reads_the_rest(tmp_path, tiny_root, store, capsys):
+    _, run, rows = _trial(tmp_path, store, f"data.root={tiny_root}", f"cache.dir={tmp_path}/cache", *TINY)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    good = tiny_root / rows[0]["file"]
+    capsys.readouterr()  # the trial's own output
+    code = predict.main(["--model", run.data.tags[tracking.MODEL_TAG], "--tracking-uri", store[0].split("=", 1)[1],
+                         str(bad), str(good)])
+    out, err = capsys.readouterr()
+    assert code == 1 and err.strip() == f"error: cannot decode image {bad}: unreadable or corrupt; replace or remove it"
+    assert out.strip().split("\t")[:2] == [str(good), rows[0]["prediction"]]
+
+
+def test_predict_without_a_champion_says_how_to_get_one(tmp_path, tiny_root, capsys):
+    image = tiny_root / "images" / f"{__import__('conftest').PLATES[0]}.jpg"
+    assert predict.main(["--tracking-uri", f"sqlite:///{tmp_path}/empty.db", str(image)]) == 1
+    assert "cannot load model models:/lpr_sweep@champion" in capsys.readouterr().err
