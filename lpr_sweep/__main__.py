@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from lpr_sweep import ConfigError, config, pipeline, signals  # noqa: F401  (config registers the schema)
 from lpr_sweep.data import DataError
+from lpr_sweep.tracking import sweep
 
 log = logging.getLogger("lpr_sweep")
 
@@ -27,12 +28,21 @@ def main(cfg: DictConfig) -> dict | None:
         if not multirun:
             raise SystemExit(f"error: {e}") from None
         log.error("trial failed: %s", e)
+        _note_if_unrecorded(e)
     except Exception as e:
         if not multirun:
             raise
-        # Recorded as FAILED in MLflow already; the sweep goes on and its end reports the failure.
+        # The sweep goes on; its end reports the failure (from MLflow, or from the note below).
         log.exception("trial failed: %s", e)
+        _note_if_unrecorded(e)
     return None
+
+
+def _note_if_unrecorded(e: BaseException) -> None:
+    if not hasattr(e, "lpr_sweep_run_id"):  # set once the trial's run existed; without it, MLflow knows nothing
+        from hydra.core.hydra_config import HydraConfig
+
+        sweep.record_unrecorded(HydraConfig.get().job.override_dirname or HydraConfig.get().job.name, e)
 
 
 if __name__ == "__main__":

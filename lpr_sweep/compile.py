@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lpr_sweep import ConfigError
+from lpr_sweep import ConfigError, cache
 from lpr_sweep import hardware as hw
 from lpr_sweep.model import INPUT_HW
 from lpr_sweep.model_file import ModelFile
@@ -197,10 +197,15 @@ def database_for(fused, target, cfg: CompileConfig, threads: int) -> tuple[Path 
     if cfg.database != "auto":
         path = Path(cfg.database).expanduser()
         _check_target(path, target)
+        if (problem := cache.damage(path)) is not None and (path / cache.SEAL).is_file():
+            raise ConfigError(f"compile.database={path} is damaged ({problem}); restore it or use compile.database=auto")
         return path, {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
     root = cache_root(cfg)
     path = root / key_of(fused, target, cfg)
     with _locked(root / f"{path.name}.lock"):
+        if (path / cache.SEAL).is_file() and (problem := cache.damage(path)) is not None:
+            log.error("tune: database %s is damaged (%s); removed and tuned again", path, problem)
+            shutil.rmtree(path, ignore_errors=True)
         if (path / TARGET_FILE).is_file():
             _check_target(path, target)
             log.info("tune: reusing database %s", path)
@@ -209,6 +214,7 @@ def database_for(fused, target, cfg: CompileConfig, threads: int) -> tuple[Path 
         try:
             stats = tune(fused, target, cfg, work, threads)
             (work / TARGET_FILE).write_text(json.dumps(_target_record(target), sort_keys=True))
+            cache.seal(work)
             work.rename(path)  # atomic: a reader never sees a half-written database
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lpr_sweep import ConfigError
+from lpr_sweep import ConfigError, DataError  # noqa: F401  (DataError is imported from here too)
 from lpr_sweep.model import CHARS, INPUT_HW
 
 ENV_ROOT = "LPR_DATA_ROOT"
@@ -24,10 +24,6 @@ ON_WRONG_SIZE = ("resize", "error")
 _CHAR_INDEX = {c: i for i, c in enumerate(CHARS[:-1])}  # the blank is never a label character
 # Beside the repository, as the project is laid out on developer and CI machines.
 _SHARED_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lprnet"
-
-
-class DataError(ValueError):
-    """Data problem a user can fix; the message names the file and the fix."""
 
 
 @dataclass
@@ -73,6 +69,11 @@ def resolve_root(configured: str | None) -> Path:
             "or run `python -m lpr_sweep.download`"
         )
     return root
+
+
+def identity(cfg: DataConfig) -> str:
+    """What the data is, wherever it sits: the digest of its SHA256SUMS (which names every file's digest)."""
+    return hashlib.sha256((resolve_root(cfg.root) / MANIFEST).read_bytes()).hexdigest()[:24]
 
 
 def read_manifest(path: Path) -> dict[str, str]:

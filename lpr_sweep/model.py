@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lpr_sweep import ConfigError
+from lpr_sweep import ConfigError, DataError
 
 CHARS = (
     list("京沪津渝冀晋蒙辽吉黑苏浙皖闽赣鲁豫鄂湘粤桂琼川贵云藏陕甘青宁新")
@@ -156,10 +156,11 @@ def load(weights: Path, norm: str = "sample") -> LPRNet:
         )
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a file that is not a state dict
-        raise ValueError(f"cannot load weights {weights}: {e.__class__.__name__}; re-download the file") from e
-    model = LPRNet(norm=norm)
-    model.load_state_dict(state, strict=True)
+        model = LPRNet(norm=norm)
+        model.load_state_dict(state, strict=True)
+    except Exception as e:  # torch raises several types for a file that is empty, truncated or not this model's
+        reason = "empty" if weights.stat().st_size == 0 else f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        raise DataError(f"cannot load weights {weights} ({reason}); restore it with `python -m lpr_sweep.download`") from None
     return model.eval()
 
 

@@ -121,7 +121,7 @@ def reference(conf: config.Config, root: Path, workdir: Path) -> tuple[runtime.R
     """What every trial is paired with: the unpruned, unquantized fp32 model (same norm) on the
     benchmark's reference runtime, with the trial's threads; and a line that says what it is."""
     name = conf.benchmark.reference_runtime(conf.hardware.device)
-    fp32, _, _, _ = _export(conf, weights_of(conf, root), prune.PruneConfig(), workdir, Stages())
+    fp32, _, _, _ = _export(conf, weights_of(conf, root), prune.PruneConfig(), workdir, Stages("reference"))
     rt = runtime.build(name, fp32, conf.hardware, workdir)
     return rt, f"unpruned fp32 ONNX export (model.norm={conf.model.norm}) on {name}, hardware={conf.hardware.device}"
 
@@ -207,7 +207,7 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
     conf = config.validate(cfg)  # ranges first: a bad value costs nothing
     hardware.check(conf.hardware)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    config_hash = tracking.config_hash(resolved)
+    config_hash = tracking.config_hash(resolved, data.identity(conf.data))
     name = _run_name(conf)
     if conf.resume and (done := tracking.finished_trial(conf.tracking, config_hash)) is not None:
         log.info("[%s] resume: already FINISHED as run %s; skipped", name, done.info.run_id)
@@ -252,9 +252,10 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
             ref_result = evaluate.run(ref, scored, conf.evaluate)
             metrics.update(_accuracy(result, ref_result, len(scored)))
             if len(val):  # the decisions' accuracy: the validation plates against the same reference
-                val_accuracy = evaluate.run(rt, val, conf.evaluate).accuracy
-                metrics.update(val_accuracy=val_accuracy,
-                               val_drop_pts=100 * (evaluate.run(ref, val, conf.evaluate).accuracy - val_accuracy))
+                on_val, ref_val = evaluate.run(rt, val, conf.evaluate), evaluate.run(ref, val, conf.evaluate)
+                paired = evaluate.paired_drop(ref_val.correct, on_val.correct)
+                metrics.update(val_accuracy=on_val.accuracy, val_drop_pts=paired["drop_pts"],
+                               val_drop_pts_ci_high=paired["drop_pts_ci_high"])
             if built.fp32_runtime is not None:
                 metrics["accuracy_fp32"] = evaluate.run(built.fp32_runtime, scored, conf.evaluate).accuracy
                 metrics["accuracy_drop_pts"] = 100 * (metrics["accuracy_fp32"] - result.accuracy)

@@ -7,8 +7,9 @@ What decides, and why:
   Latencies of trials timed apart drift too much to rank (docs/measured.md, "Runtimes").
 - **Accuracy** for decisions is ``val_accuracy``, on the validation plates; the scored plates only
   report. A trial without validation plates (``data.val_size=0``) cannot take part in a decision.
-- Within noise, ties go to accuracy, then to size (``size_file_bytes``, then ``size_nonzero_bytes``),
-  then to the point speed-up.
+- Within noise, ties go to accuracy (judged by the upper end of the validation drop's interval, so a
+  model proven identical to the reference beats one that matched it by luck), then to size
+  (``size_file_bytes``, then ``size_nonzero_bytes``), then to the point speed-up.
 
 ``report`` reads trials from MLflow and renders; this module is tested on synthetic trials.
 """
@@ -56,12 +57,16 @@ def tied_on_speed(a: Trial, b: Trial) -> bool:
 
 
 def better(a: Trial, b: Trial) -> bool:
-    """The tie rule's order between two trials tied on speed: accuracy, then size (the files, then their
-    nonzero bytes, which is what compression keeps), then the point speed-up."""
+    """The tie rule's order between two trials tied on speed: accuracy, judged by the pessimistic end of
+    its interval (the upper bound of the validation drop against the reference), then the point
+    accuracy, then size (the files, then their nonzero bytes, which is what compression keeps), then
+    the point speed-up. Judged pessimistically, a model that predicts exactly as the reference does
+    beats one that scored as well on 200 plates by gaining some and losing others."""
 
     def key(t: Trial) -> tuple[float, ...]:
         m = t.metrics
-        return m["val_accuracy"], -m["size_file_bytes"], -m.get("size_nonzero_bytes", 0), m["speedup"]
+        return (-m.get("val_drop_pts_ci_high", m["val_drop_pts"]), m["val_accuracy"], -m["size_file_bytes"],
+                -m.get("size_nonzero_bytes", 0), m["speedup"])
 
     return key(a) > key(b)
 

@@ -33,3 +33,20 @@ def test_onnx_is_one_checked_file_with_no_3d_pool(exported):
     assert not list(path.parent.glob("*.data"))
     assert "MaxPool" in {n.op_type for n in model.graph.node}
     assert all(len(a.ints) <= 2 for n in model.graph.node if n.op_type == "MaxPool" for a in n.attribute if a.name == "kernel_shape")
+
+
+def test_denormal_weights_are_flushed_and_nothing_else_changes(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    net = LPRNet().eval()
+    with torch.no_grad():
+        net.container[0].weight.view(-1)[:3] = torch.tensor([1e-40, -3e-39, 2e-38])  # two denormal, one normal
+    path = export.to_onnx(net, tmp_path / "m.onnx")
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    flat = weights["container.0.weight"].ravel()
+    assert list(flat[:3]) == [0.0, 0.0, np.float32(2e-38)]
+    tiny = np.finfo(np.float32).tiny
+    assert not any(((np.abs(w) < tiny) & (w != 0)).any() for w in weights.values() if w.dtype == np.float32)
+    assert export.flush_denormals(path) == 0  # nothing left to flush

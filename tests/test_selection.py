@@ -109,3 +109,11 @@ def test_rules_state_themselves():
 def test_tie_rule_is_order_independent():
     trials = [_t("a", 0.90, 2.0), _t("b", 0.90, 2.04, size=0.9e6), _t("c", 0.89, 2.1), _t("d", 0.90, 1.5)]
     assert {best(list(p)).name for p in itertools.permutations(trials)} == {"b"}
+
+
+def test_accuracy_is_judged_pessimistically_within_noise():
+    """200 validation plates: one more plate right, with many changed predictions, is luck; a model
+    that predicts exactly as the reference does is the safer choice."""
+    identical, lucky = _t("identical", 0.855, 2.6, nonzero=9e5), _t("lucky", 0.860, 2.65, nonzero=2e5, drop=-0.5)
+    identical.metrics["val_drop_pts_ci_high"], lucky.metrics["val_drop_pts_ci_high"] = 0.0, 2.5
+    assert best([identical, lucky]).name == "identical"

@@ -8,6 +8,8 @@ not answer fails the trial within ``request_timeout_s``.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import subprocess
@@ -22,8 +24,10 @@ from lpr_sweep import ConfigError, hardware
 
 log = logging.getLogger(__name__)
 PARENT_FILE = "mlflow_parent_run_id"
+UNRECORDED_FILE = "unrecorded_trials.jsonl"  # jobs of a sweep that failed before their run existed
 ROLE_TAG = "lpr_sweep.role"  # "sweep" for parents, "trial" for children
 HASH_TAG = "lpr_sweep.config_hash"  # what resume=true matches finished trials by
+CONTRACT = {"accuracy", "speedup", "speedup_ci_low", "speedup_ci_high", "size_file_bytes"}  # what a finished trial holds
 MODEL_TAG = "lpr_sweep.model_uri"  # the trial's logged MLflow Model (models:/m-...)
 _REPO = Path(__file__).resolve().parents[2]
 _VERSIONED = ("torch", "onnx", "mlflow", "hydra-core", "numpy")  # a trial adds its runtime's and backend's
@@ -79,19 +83,44 @@ def experiment_id(cfg: TrackingConfig) -> str:
     uri = tracking_uri(cfg)
     _check_server(uri, cfg.request_timeout_s)
     mlflow.set_tracking_uri(uri)
-    found = mlflow.get_experiment_by_name(cfg.experiment)
-    if found is not None:
-        return found.experiment_id
-    location = None  # a tracking server chooses its own artifact store
-    if cfg.artifact_root:
-        location = cfg.artifact_root if "://" in cfg.artifact_root else (launch_dir() / cfg.artifact_root).resolve().as_uri()
     try:
-        return mlflow.create_experiment(cfg.experiment, artifact_location=location)
-    except MlflowException:  # another process created it first
-        found = mlflow.get_experiment_by_name(cfg.experiment)
-        if found is None:
-            raise
-        return found.experiment_id
+        with _store_lock(uri):  # two processes creating one SQLite schema at once would lose one's records
+            found = mlflow.get_experiment_by_name(cfg.experiment)
+            if found is not None:
+                return found.experiment_id
+            location = None  # a tracking server chooses its own artifact store
+            if cfg.artifact_root:
+                location = cfg.artifact_root if "://" in cfg.artifact_root else (launch_dir() / cfg.artifact_root).resolve().as_uri()
+            try:
+                return mlflow.create_experiment(cfg.experiment, artifact_location=location)
+            except MlflowException:  # another process created it first
+                found = mlflow.get_experiment_by_name(cfg.experiment)
+                if found is None:
+                    raise
+                return found.experiment_id
+    except ConfigError:
+        raise
+    except Exception as e:  # a corrupt, read-only or foreign file where the store should be
+        raise ConfigError(
+            f"MLflow store {cfg.uri} cannot be used ({type(e).__name__}: {str(e).splitlines()[0][:200]}); if it is read-only, "
+            "make it writable; if it is corrupt, move it aside (a new one is created); or point tracking.uri elsewhere"
+        ) from None
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """An exclusive lock beside a SQLite store while it is opened (and maybe created); other stores need none."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri[len("sqlite:///"):].split("?")[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def git_commit() -> str:
@@ -115,13 +144,15 @@ def run_tags(packages: tuple[str, ...] = ()) -> dict[str, str]:
     return tags
 
 
-def config_hash(resolved: dict) -> str:
-    """What makes two trials the same: the config without where results go, where data sits, or caching."""
+def config_hash(resolved: dict, data_identity: str = "") -> str:
+    """What makes two trials the same: the config without where results go or caching, and the data's
+    identity (the digest of its SHA256SUMS) instead of where it sits."""
     import hashlib
     import json
 
     kept = {k: v for k, v in resolved.items() if k not in ("tracking", "resume", "cache")}
     kept["data"] = {k: v for k, v in kept.get("data", {}).items() if k != "root"}
+    kept["data_identity"] = data_identity
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -135,14 +166,15 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 
 
 def finished_trial(cfg: TrackingConfig, config_hash: str) -> Any | None:
-    """The latest FINISHED trial of the experiment run with this config hash, if any."""
+    """The latest trial of the experiment with this config hash that FINISHED with every contracted
+    metric, if any: a run closed FINISHED without them (an older bug, a hand edit) is not done."""
     from mlflow import MlflowClient
 
     runs = MlflowClient().search_runs(
         [experiment_id(cfg)], f"tags.`{HASH_TAG}` = '{config_hash}' and attributes.status = 'FINISHED'",
-        order_by=["start_time DESC"], max_results=1,
+        order_by=["start_time DESC"], max_results=20,
     )
-    return runs[0] if runs else None
+    return next((r for r in runs if CONTRACT <= set(r.data.metrics)), None)
 
 
 def latest_per_config(runs: list[Any]) -> list[Any]:

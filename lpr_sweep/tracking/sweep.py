@@ -7,6 +7,7 @@ marked KILLED on the way out.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from lpr_sweep import ConfigError
 from lpr_sweep.signals import handle_interrupts
 from lpr_sweep.tracking import (
-    PARENT_FILE, ROLE_TAG, TrackingConfig, experiment_id, latest_per_config, launch_dir, run_tags, tracking_uri,
+    PARENT_FILE, ROLE_TAG, UNRECORDED_FILE, TrackingConfig, experiment_id, latest_per_config, launch_dir, run_tags, tracking_uri,
 )
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,21 @@ def parent_run_id() -> str | None:
         return None
     path = launch_dir() / HydraConfig.get().sweep.dir / PARENT_FILE
     return path.read_text().strip() if path.is_file() else None
+
+
+def record_unrecorded(name: str, error: BaseException) -> None:
+    """A job of this sweep failed before its MLflow run existed (a refused config, a dead store):
+    note it beside the parent run's id, so the sweep's end counts it instead of exiting 0."""
+    from hydra.core.hydra_config import HydraConfig
+
+    path = launch_dir() / HydraConfig.get().sweep.dir / UNRECORDED_FILE
+    with open(path, "a", encoding="utf-8") as f:  # one short line per write: appends from parallel jobs do not mix
+        f.write(json.dumps({"trial": name, "error": f"{type(error).__name__}: {error}"[:500]}) + "\n")
+
+
+def _unrecorded(sweep_dir: Path) -> list[dict]:
+    path = sweep_dir / UNRECORDED_FILE
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line] if path.is_file() else []
 
 
 def _config_of(config: DictConfig) -> TrackingConfig:
@@ -80,6 +96,13 @@ class SweepCallback(Callback):
             raise SystemExit(f"error: {e}") from None
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        try:  # claimed before anything is recorded: two sweeps must never share a folder and a parent
+            claim = open(sweep_dir / PARENT_FILE, "x")
+        except FileExistsError:
+            if not config.get("resume"):
+                raise SystemExit(f"error: sweep folder {sweep_dir} is already used by another sweep; give this one its own "
+                                 "hydra.sweep.dir=..., or add resume=true to continue that sweep") from None
+            claim = open(sweep_dir / PARENT_FILE, "w")  # resuming in the same folder: it will name the resumed parent
         overrides = " ".join(o for o in config.hydra.overrides.task if o.split("=")[0].lstrip("+~") != "resume")
         client = MlflowClient()
         parent = _resumable_parent(client, exp, overrides) if config.get("resume") else None
@@ -87,6 +110,10 @@ class SweepCallback(Callback):
             run_id = parent.info.run_id
             client.update_run(run_id, status="RUNNING")
             client.set_tag(run_id, "sweep_dir", str(sweep_dir.resolve()))
+            for run in client.search_runs([exp], f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"):
+                # left RUNNING by a process that was killed outright: it did not finish
+                client.set_tag(run.info.run_id, "error", "the process running it died; resume re-runs it")
+                client.set_terminated(run.info.run_id, "KILLED")
             log.info("resuming sweep parent run %s", run_id)
         else:
             tags = {**run_tags(), ROLE_TAG: "sweep", "sweep_dir": str(sweep_dir.resolve()), "sweep_overrides": overrides,
@@ -96,22 +123,33 @@ class SweepCallback(Callback):
                 key, _, value = override.lstrip("+~").partition("=")
                 client.log_param(run_id, key, value)
             log.info("sweep parent run %s in experiment %s", run_id, config.tracking.experiment)
-        (sweep_dir / PARENT_FILE).write_text(run_id)
+        with claim:
+            claim.write(run_id)
         handle_interrupts()
         atexit.register(_close_interrupted, cfg, run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow import MlflowClient
+        # SystemExit, not an exception: Hydra would turn an exception here into a warning and exit 0.
+        sweep_dir = Path(config.hydra.sweep.dir)
+        unrecorded = _unrecorded(sweep_dir)
+        try:
+            from mlflow import MlflowClient
 
-        exp = experiment_id(_config_of(config))
-        parent = (Path(config.hydra.sweep.dir) / PARENT_FILE).read_text().strip()
-        client = MlflowClient()
-        children = latest_per_config(client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'"))
-        failed = [r for r in children if r.info.status != "FINISHED"]
-        client.log_metric(parent, "n_trials", len(children))
-        client.log_metric(parent, "n_failed", len(failed))
-        client.set_terminated(parent, "FAILED" if failed else "FINISHED")
-        if failed:
-            names = ", ".join(f"{r.info.run_name} ({r.data.tags.get('error', r.info.status)})" for r in failed)
-            # SystemExit, not an exception: Hydra would turn an exception here into a warning and exit 0.
-            raise SystemExit(f"error: {len(failed)} of {len(children)} trials failed: {names}")
+            exp = experiment_id(_config_of(config))
+            parent = (sweep_dir / PARENT_FILE).read_text().strip()
+            client = MlflowClient()
+            children = latest_per_config(client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'"))
+            failed = [r for r in children if r.info.status != "FINISHED"]
+            client.log_metric(parent, "n_trials", len(children) + len(unrecorded))
+            client.log_metric(parent, "n_failed", len(failed))
+            client.log_metric(parent, "n_unrecorded", len(unrecorded))
+            client.set_terminated(parent, "FAILED" if failed or unrecorded else "FINISHED")
+        except Exception as e:
+            raise SystemExit(f"error: the sweep's end could not be recorded ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                             "its trials may be incomplete: rerun the same command with resume=true") from None
+        summary = f"{len(children) - len(failed)} trials finished, {len(failed)} failed, {len(unrecorded)} never recorded"
+        if failed or unrecorded:
+            names = [f"{r.info.run_name} ({r.data.tags.get('error', r.info.status)})" for r in failed]
+            names += [f"{u['trial']} ({u['error']}; no run)" for u in unrecorded]
+            raise SystemExit(f"error: {summary}: {', '.join(names)}")
+        log.info("sweep done: %s", summary)
