@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from lpr_sweep import ConfigError, data
+from lpr_sweep import ConfigError, DataError, data
 from lpr_sweep import model as lprnet
 
 
@@ -35,7 +35,7 @@ def test_weights_that_are_not_a_state_dict_are_refused(tmp_path):
 def test_state_dict_with_other_keys_is_refused(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(1)}, path)
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(DataError, match=r"cannot load weights .*other.pth \(RuntimeError: Error\(s\) in loading state_dict"):
         lprnet.load(path)
 
 

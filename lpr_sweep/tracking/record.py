@@ -148,10 +148,12 @@ def log_model(rt: Any, runtime_name: str, threads: int, packages: tuple[str, ...
     pyfunc_log.setLevel(logging.ERROR)  # it suggests models-from-code; the pickled class imports lpr_sweep either way
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # validating the input example downloads it
     try:
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=deploy.PlateReader(), artifacts={"files": str(folder)},
-            signature=deploy.signature(), input_example=example, pip_requirements=deploy.requirements(packages),
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")  # the signature is explicit
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=deploy.PlateReader(), artifacts={"files": str(folder)},
+                signature=deploy.signature(), input_example=example, pip_requirements=deploy.requirements(packages),
+            )
     finally:
         pyfunc_log.setLevel(level)
     mlflow.set_tag(MODEL_TAG, info.model_uri)
