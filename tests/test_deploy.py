@@ -46,7 +46,8 @@ def _trial(tmp_path, store, *overrides):
     pytest.param(["runtime=torch"], marks=pytest.mark.slow),
     pytest.param(["quant=nncf", "runtime=openvino"], marks=pytest.mark.slow),
     pytest.param(["optimization=prune_structured", "prune.ratio=0.5"], marks=pytest.mark.slow),
-], ids=["onnxruntime", "openvino", "torch", "int8-nncf", "structured"])
+    pytest.param(["runtime=tvm", "compile=untuned"], marks=pytest.mark.slow),
+], ids=["onnxruntime", "openvino", "torch", "int8-nncf", "structured", "tvm"])
 def test_the_logged_model_reproduces_its_trial_on_tiny_data(tmp_path, tiny_root, store, overrides):
     _, run, rows = _trial(tmp_path, store, f"data.root={tiny_root}", f"cache.dir={tmp_path}/cache", *TINY, *overrides)
     model = mlflow.pyfunc.load_model(run.data.tags[tracking.MODEL_TAG])

@@ -81,6 +81,7 @@ def _assert_same_logits(a, b, x):
     torch.testing.assert_close(yb, ya, rtol=1e-4, atol=1e-4 * float(ya.abs().max()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["sample", "batch"])
 @pytest.mark.parametrize("ratio, scope", [(0.0, "global"), (0.5, "layer"), (0.5, "global"), (0.8, "global"), (0.95, "global"), (0.99, "global")])
 def test_rebuilt_model_equals_the_masked_model(real_root, ratio, scope, norm):
@@ -95,6 +96,7 @@ def test_rebuilt_model_equals_the_masked_model(real_root, ratio, scope, norm):
     _assert_same_logits(masked, rebuilt, _plates(real_root))
 
 
+@pytest.mark.slow
 def test_rebuilt_model_predicts_like_the_masked_one_and_keeps_the_original_subsampled_channels(real_root):
     from lpr_sweep import evaluate
 

@@ -87,6 +87,7 @@ def mlstore(tmp_path):
     return cfg, ids, tmp_path
 
 
+@pytest.mark.slow
 def test_report_writes_logs_and_registers_the_champion(mlstore, capsys):
     cfg, ids, tmp_path = mlstore
     assert report.main(["--tracking-uri", cfg.uri]) == 0  # default rule: fastest within 1 validation pt
