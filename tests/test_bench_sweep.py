@@ -6,8 +6,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_prints_four_timed_sweeps_with_ratios(tiny_root, capsys):
-    tiny = [f"data.root={tiny_root}", "data.calib_size=2", "quant.calib_size=2", "quant.max_drop=100", "benchmark.warmup=1",
-            "benchmark.throughput_batch=2"]
+    tiny = [f"data.root={tiny_root}", "data.calib_size=2", "data.val_size=2", "quant.calib_size=2", "quant.max_drop=100",
+            "benchmark.warmup=1", "benchmark.throughput_batch=2"]
     assert bench_sweep.main(tiny) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("# bench_sweep:") and "6 trials" in out[0]

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY, compose_cfg
-from lpr_sweep import data, deploy, pipeline, predict, tracking
+from lpr_sweep import data, pipeline, predict, tracking
+from lpr_sweep.tracking import deploy
 
 
 def _images(root, files):

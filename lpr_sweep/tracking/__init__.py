@@ -1,7 +1,8 @@
 """Every MLflow call lives in this package: the store and experiment here, then
 - ``record``: one run per trial, and everything a trial logs (params, datasets, metrics, its model);
 - ``sweep``: one parent run per Hydra multirun, closed with the sweep's outcome;
-- ``registry``: reading a sweep back, and registering its champion.
+- ``registry``: reading a sweep back, and registering its champion;
+- ``deploy``: the pyfunc every trial logs, which reads plates from images with what the trial measured.
 
 SQLite stores wait up to a minute for a lock instead of failing, and a tracking server that does
 not answer fails the trial within ``request_timeout_s``.

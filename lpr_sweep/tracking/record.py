@@ -137,10 +137,10 @@ def log_result(metrics: dict[str, float], files: list[Path]) -> None:
 
 
 def log_model(rt: Any, runtime_name: str, threads: int, packages: tuple[str, ...], example: np.ndarray, workdir: Path) -> str:
-    """The trial's deployable as an MLflow Model (``lpr_sweep.deploy``); its URI is also the run's tag."""
+    """The trial's deployable as an MLflow Model (``tracking.deploy``); its URI is also the run's tag."""
     import mlflow
 
-    from lpr_sweep import deploy
+    from lpr_sweep.tracking import deploy
 
     folder = deploy.files_folder(rt, runtime_name, threads, workdir / "deploy")
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
@@ -148,12 +148,10 @@ def log_model(rt: Any, runtime_name: str, threads: int, packages: tuple[str, ...
     pyfunc_log.setLevel(logging.ERROR)  # it suggests models-from-code; the pickled class imports lpr_sweep either way
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # validating the input example downloads it
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")  # the signature is explicit
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=deploy.PlateReader(), artifacts={"files": str(folder)},
-                signature=deploy.signature(), input_example=example, pip_requirements=deploy.requirements(packages),
-            )
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=deploy.PlateReader(), artifacts={"files": str(folder)},
+            signature=deploy.signature(), input_example=example, pip_requirements=deploy.requirements(packages),
+        )
     finally:
         pyfunc_log.setLevel(level)
     mlflow.set_tag(MODEL_TAG, info.model_uri)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -48,14 +47,7 @@ def read_plates(run: Any, images: np.ndarray) -> tuple[list[str], np.ndarray]:
     return evaluate.decode(logits), confidence(logits)
 
 
-with warnings.catch_warnings():  # MLflow asks for type hints, which would replace the explicit tensor signature
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-
-    class _PythonModel(mlflow.pyfunc.PythonModel):
-        pass
-
-
-class PlateReader(_PythonModel):
+class PlateReader(mlflow.pyfunc.PythonModel):
     """The pyfunc: loads the trial's runtime from the artifact folder, reads plates from images."""
 
     def load_context(self, context) -> None:
