@@ -72,8 +72,9 @@ def test_each_fault_exits_with_one_line_and_no_traceback(case, tmp_path):
     if setup:
         setup(root)
     store = [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/mlruns"]
-    done = cli(f"data.root={root}", *TINY, *store, f"hydra.sweep.dir={tmp_path}/sweep", f"hydra.run.dir={tmp_path}/run",
-               f"cache.dir={tmp_path}/cache", *args, timeout=600)  # the case's own values last: they win
+    flags = [a for a in args if a.startswith("-")]  # Hydra takes -m only before the overrides
+    done = cli(*flags, f"data.root={root}", *TINY, *store, f"hydra.sweep.dir={tmp_path}/sweep", f"hydra.run.dir={tmp_path}/run",
+               f"cache.dir={tmp_path}/cache", *[a for a in args if a not in flags], timeout=600)  # the case's values win
     assert done.returncode == code, done.stderr[-2000:]
     assert line in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr + done.stdout
