@@ -21,9 +21,13 @@ def main(cfg: DictConfig) -> dict | None:
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     signals.handle_interrupts()
-    signals.check_interrupted()  # a signal during the previous trial stops the sweep here
     try:
+        signals.check_interrupted()  # a signal during the previous trial stops the sweep here
         return pipeline.run(cfg)
+    except KeyboardInterrupt:
+        if multirun:  # close the sweep now: an exit hook can be skipped (torch.export registers its own)
+            sweep.close_interrupted(cfg.tracking)
+        raise
     except (ConfigError, DataError, FileNotFoundError) as e:
         if not multirun:
             raise SystemExit(f"error: {e}") from None

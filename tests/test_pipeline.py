@@ -49,12 +49,12 @@ def test_three_trial_sweep_lands_in_mlflow(tmp_path, store, real_root):
         assert mlflow.artifacts.load_text(f"{run.info.artifact_uri}/val_files.txt").split() == val.files
         rows = list(csv.DictReader(io.StringIO(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/predictions.csv"))))
         assert len(rows) == 700
-        assert sum(r["correct"] == "1" for r in rows) / 700 == pytest.approx(m["accuracy"])
+        assert sum(r["correct"] == "1" for r in rows) / 700 == pytest.approx(m["accuracy"], abs=1e-4)  # logged to 4 places
         # paired with the unpruned fp32 reference in this trial: speed and accuracy
         assert m["speedup_ci_low"] <= m["speedup"] <= m["speedup_ci_high"] and m["latency_ref_p50_ms"] > 0
         assert m["accuracy_ci_low"] < m["accuracy"] < m["accuracy_ci_high"]
-        assert m["drop_pts"] == pytest.approx(100 * (m["accuracy_ref"] - m["accuracy"]))
-        assert m["plates_lost"] - m["plates_gained"] == pytest.approx(m["drop_pts"] * 7)
+        assert m["drop_pts"] == pytest.approx(100 * (m["accuracy_ref"] - m["accuracy"]), abs=0.02)
+        assert m["plates_lost"] - m["plates_gained"] == pytest.approx(m["drop_pts"] * 7, abs=0.01)
         assert "onnxruntime" in p["protocol.reference"] and p["protocol.bench_calls_per_block"] == "10"
     accuracy = [r.data.metrics["accuracy"] for r in children]
     assert accuracy[0] > 0.88 and accuracy[1] > 0.88  # global pruning holds up to 0.5 (docs/measured.md)

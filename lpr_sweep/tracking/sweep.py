@@ -72,6 +72,13 @@ def _close_interrupted(cfg: TrackingConfig, parent: str) -> None:
         log.error("could not mark the interrupted sweep %s KILLED: %s", parent, e)
 
 
+def close_interrupted(tracking: DictConfig) -> None:
+    """The sweep was interrupted in this process: mark its parent and RUNNING trials KILLED now."""
+    parent = parent_run_id()
+    if parent:
+        _close_interrupted(TrackingConfig(**OmegaConf.to_container(tracking, resolve=True)), parent)
+
+
 def _resumable_parent(client: Any, exp: str, overrides: str) -> Any | None:
     runs = client.search_runs(
         [exp], f"tags.`{ROLE_TAG}` = 'sweep' and attributes.status != 'FINISHED'", order_by=["start_time DESC"], max_results=50
