@@ -94,7 +94,6 @@ class SweepCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow import MlflowClient
 
         cfg = _config_of(config)
         try:
@@ -110,6 +109,20 @@ class SweepCallback(Callback):
                 raise SystemExit(f"error: sweep folder {sweep_dir} is already used by another sweep; give this one its own "
                                  "hydra.sweep.dir=..., or add resume=true to continue that sweep") from None
             claim = open(sweep_dir / PARENT_FILE, "w")  # resuming in the same folder: it will name the resumed parent
+        with claim:
+            try:
+                run_id = self._open_parent(config, exp, sweep_dir)
+            except Exception as e:  # Hydra would turn it into a warning and run every trial without a parent
+                raise SystemExit(f"error: the sweep's parent run could not be recorded ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:200]}); nothing ran") from None
+            claim.write(run_id)
+        handle_interrupts()
+        atexit.register(_close_interrupted, cfg, run_id)
+
+    def _open_parent(self, config: DictConfig, exp: str, sweep_dir: Path) -> str:
+        """The parent run: the resumed one, or a new one with the sweep's command and settings."""
+        from mlflow import MlflowClient
+
         overrides = " ".join(o for o in config.hydra.overrides.task if o.split("=")[0].lstrip("+~") != "resume")
         client = MlflowClient()
         parent = _resumable_parent(client, exp, overrides) if config.get("resume") else None
@@ -126,14 +139,12 @@ class SweepCallback(Callback):
             tags = {**run_tags(), ROLE_TAG: "sweep", "sweep_dir": str(sweep_dir.resolve()), "sweep_overrides": overrides,
                     "mlflow.note.content": f"`python -m lpr_sweep -m {' '.join(config.hydra.overrides.task)}`"}
             run_id = client.create_run(exp, run_name=f"sweep {sweep_dir.name}", tags=tags).info.run_id
-            for override in config.hydra.overrides.task:  # the sweep's own settings, as the parent's params
-                key, _, value = override.lstrip("+~").partition("=")
+            # The sweep's own settings as the parent's params; a key given twice keeps its last value, as Hydra does.
+            settings = dict(o.lstrip("+~").partition("=")[::2] for o in config.hydra.overrides.task)
+            for key, value in settings.items():
                 client.log_param(run_id, key, value)
             log.info("sweep parent run %s in experiment %s", run_id, config.tracking.experiment)
-        with claim:
-            claim.write(run_id)
-        handle_interrupts()
-        atexit.register(_close_interrupted, cfg, run_id)
+        return run_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # SystemExit, not an exception: Hydra would turn an exception here into a warning and exit 0.
