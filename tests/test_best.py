@@ -1,6 +1,9 @@
+import pytest
 from test_report import mlstore  # noqa: F401  (the same two-sweep store)
 
 from lpr_sweep import best
+
+pytestmark = pytest.mark.slow  # each test logs two MLflow models into a fresh store
 
 
 def test_best_picks_from_the_latest_sweep_without_writing(mlstore, capsys):  # noqa: F811

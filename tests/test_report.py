@@ -108,6 +108,7 @@ def test_report_writes_logs_and_registers_the_champion(mlstore, capsys):
     assert client.get_model_version_by_alias("lpr_sweep", "champion").tags["trial"] == "base"
 
 
+@pytest.mark.slow
 def test_report_on_a_rule_nobody_meets_registers_nothing(mlstore, capsys):
     cfg, ids, tmp_path = mlstore
     assert report.main(["--tracking-uri", cfg.uri, "--objective", "accuracy", "--min-speedup", "20"]) == 1
@@ -116,6 +117,7 @@ def test_report_on_a_rule_nobody_meets_registers_nothing(mlstore, capsys):
     assert MlflowClient().search_registered_models() == []
 
 
+@pytest.mark.slow
 def test_report_refuses_empty_and_unknown_sweeps(mlstore, tmp_path, capsys):
     cfg, ids, _ = mlstore
     assert report.main(["--tracking-uri", f"sqlite:///{tmp_path}/empty.db"]) == 1
