@@ -30,7 +30,7 @@ sweep: data ## run the default sweep (override with SWEEP="key=a,b ...")
 	$(PY) -m lpr_sweep.report
 
 test: data ## run the whole test suite (what CI runs)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: data ## the inner loop: every test not marked slow (under 3 minutes)
 	$(PY) -m pytest -q -m "not slow"
