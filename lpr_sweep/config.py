@@ -19,6 +19,7 @@ from lpr_sweep.cache import CacheConfig
 from lpr_sweep.compile import CompileConfig
 from lpr_sweep.data import DataConfig
 from lpr_sweep.evaluate import EvaluateConfig
+from lpr_sweep.finetune import FinetuneConfig, check_data
 from lpr_sweep.hardware import HardwareConfig
 from lpr_sweep.model import ModelConfig
 from lpr_sweep.prune import PruneConfig
@@ -40,6 +41,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     compile: CompileConfig = field(default_factory=CompileConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -51,6 +53,7 @@ class Config:
     resume: bool = False  # skip trials whose config already has a FINISHED run in the experiment
 
     def __post_init__(self):
+        check_data(self.finetune, self.data.calib_size)
         check_pairing(self.quant, self.runtime.name, self.data.calib_size, self.data.val_size)
         runtime.check(self)  # what the runtime's class declares it cannot run
 

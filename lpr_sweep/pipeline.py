@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from lpr_sweep import benchmark, cache, config, data, evaluate, export, hardware, prune, quant, runtime, signals, size, tracking
+from lpr_sweep import benchmark, cache, config, data, evaluate, export, finetune, hardware, prune, quant, runtime, signals, size, tracking
 from lpr_sweep import model as lprnet
 from lpr_sweep.model_file import ModelFile
 from lpr_sweep.tracking import record, sweep
@@ -68,6 +68,7 @@ class Built:
     sparsity: float
     params_dense: int
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)  # structured: conv -> (before, after)
+    finetune: finetune.Log | None = None
     guard: quant.Guard | None = None
     fp32_accuracy: float | None = None  # int8 trials: the fp32 model on the validation plates (the guard's yardstick)
     fp32_runtime: runtime.Runtime | None = None  # int8 trials: that fp32 model, to report its scored accuracy
@@ -97,15 +98,26 @@ class _Runner:
         return runtime.build(self.conf.runtime, model_file, self.conf.hardware, self.workdir)
 
 
-def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, workdir: Path,
-            stages: Stages) -> tuple[ModelFile, dict, str, bool]:
-    """Load and prune, then export through the stage cache: (fp32 model file, prune facts, export key, hit)."""
+def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, finetune_cfg: finetune.FinetuneConfig,
+            calib: data.Plates | None, workdir: Path, stages: Stages) -> tuple[ModelFile, dict, str, bool]:
+    """Load, prune and (with ``finetune=kd``) distil on the calibration plates, then export, each
+    through the stage cache: (fp32 model file, prune facts, export key, export hit)."""
     with stages("prune"):
         net = lprnet.load(weights, conf.model.norm)
         prune.run(net, prune_cfg)
         facts = {"sparsity": prune.sparsity(net)}  # of the pruned weights, before structured removal drops the dead ones
         facts["channels"] = prune.remove_dead_channels(net) if prune_cfg.structured else {}
-    key = cache.key("export", cache.file_digest(weights), asdict(prune_cfg), conf.model.norm)
+    source = cache.key("prune", cache.file_digest(weights), asdict(prune_cfg), conf.model.norm)
+    if finetune_cfg.enabled:
+        source = cache.key("finetune", source, asdict(finetune_cfg), calib.files)
+
+        def distil(out: Path) -> None:
+            finetune.save(net, finetune.run(net, lprnet.load(weights, conf.model.norm), calib.images, finetune_cfg), out)
+
+        with stages("finetune"):
+            folder, facts["cache_hit_finetune"] = cache.fetch(conf.cache, "finetune", source, distil, workdir)
+            facts["finetune"] = finetune.load(net, folder)
+    key = cache.key("export", source)
     with stages("export"):
         folder, hit = cache.fetch(conf.cache, "export", key, lambda out: export.to_onnx(net, out / "model.onnx"), workdir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +133,8 @@ def reference(conf: config.Config, root: Path, workdir: Path) -> tuple[runtime.R
     """What every trial is paired with: the unpruned, unquantized fp32 model (same norm) on the
     benchmark's reference runtime, with the trial's threads; and a line that says what it is."""
     name = conf.benchmark.reference_runtime(conf.hardware.device)
-    fp32, _, _, _ = _export(conf, weights_of(conf, root), prune.PruneConfig(), workdir, Stages("reference"))
+    fp32, _, _, _ = _export(conf, weights_of(conf, root), prune.PruneConfig(), finetune.FinetuneConfig(), None, workdir,
+                            Stages("reference"))
     rt = runtime.build(name, fp32, conf.hardware, workdir)
     return rt, f"unpruned fp32 ONNX export (model.norm={conf.model.norm}) on {name}, hardware={conf.hardware.device}"
 
@@ -136,13 +149,15 @@ def build(conf: config.Config, root: Path, calib: data.Plates, val: data.Plates,
     """
     stages = stages or Stages()
     workdir.mkdir(parents=True, exist_ok=True)
-    fp32, facts, export_key, hit = _export(conf, weights_of(conf, root), conf.prune, workdir, stages)
+    fp32, facts, export_key, hit = _export(conf, weights_of(conf, root), conf.prune, conf.finetune, calib, workdir, stages)
     hits = {"cache_hit_export": float(hit)}
+    if "cache_hit_finetune" in facts:
+        hits["cache_hit_finetune"] = float(facts["cache_hit_finetune"])
 
     runner = _Runner(conf, workdir, stages)
     with stages("runtime"):
         built = Built(runner(fp32), fp32, fp32.path, facts["sparsity"], prune.params_dense(fp32.module), facts["channels"],
-                      lowering_stats=runner.stats, cache_hits=hits)
+                      facts.get("finetune"), lowering_stats=runner.stats, cache_hits=hits)
     if conf.quant.backend != "none":
         with stages("evaluate_fp32"):
             built.fp32_accuracy = evaluate.run(built.runtime, val, conf.evaluate).accuracy
@@ -199,7 +214,7 @@ def _accuracy(result: evaluate.Result, ref: evaluate.Result, n: int) -> dict[str
 def _description(conf: config.Config, name: str) -> str:
     """The run's description in the MLflow UI: what varies, and what it is."""
     parts = [f"runtime {conf.runtime.name}", f"prune {conf.prune.scope.value} {conf.prune.ratio}"
-             + (" structured" if conf.prune.structured else ""), f"quant {conf.quant.backend}"]
+             + (" structured" if conf.prune.structured else ""), f"finetune {conf.finetune.method}", f"quant {conf.quant.backend}"]
     return f"Trial `{name}` (preset {conf.optimization.name}): " + ", ".join(parts) + "."
 
 
@@ -244,6 +259,9 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
         if built.channels:
             record.log_table([{"conv": k, "channels_before": a, "channels_after": b} for k, (a, b) in built.channels.items()],
                                "structured_channels.csv")
+        if built.finetune:
+            metrics.update(finetune_seconds=built.finetune.seconds, finetune_loss_final=built.finetune.losses[-1])
+            record.log_finetune(built.finetune.losses, calib.files)
         if built.guard:
             metrics.update(_log_quant(conf, built, len(calib)))
 

@@ -128,6 +128,21 @@ def log_quant(guard: Any, params: dict[str, Any], verdict: str) -> None:
     mlflow.set_tag("quant_guard", verdict)
 
 
+def log_finetune(losses: list[float], files: list[str]) -> None:
+    """The loss per step as one stepped metric (a curve in the UI) and the plates it trained on."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    curve = [Metric("finetune_loss", round(v, 6), now, step) for step, v in enumerate(losses)]
+    for i in range(0, len(curve), 1000):  # MLflow's limit per batch
+        client.log_batch(run_id, metrics=curve[i:i + 1000])
+    mlflow.log_text("\n".join(files) + "\n", "finetune_files.txt")
+
+
 def log_result(metrics: dict[str, float], files: list[Path]) -> None:
     import mlflow
 
