@@ -98,10 +98,11 @@ class _Runner:
         return runtime.build(self.conf.runtime, model_file, self.conf.hardware, self.workdir)
 
 
-def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, finetune_cfg: finetune.FinetuneConfig,
-            calib: data.Plates | None, workdir: Path, stages: Stages) -> tuple[ModelFile, dict, str, bool]:
-    """Load, prune and (with ``finetune=kd``) distil on the calibration plates, then export, each
-    through the stage cache: (fp32 model file, prune facts, export key, export hit)."""
+def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, workdir: Path, stages: Stages,
+            calib: data.Plates | None = None, teacher: runtime.Runtime | None = None) -> tuple[ModelFile, dict, str, bool]:
+    """Load, prune and (with ``finetune=kd``) distil from ``teacher`` on the calibration plates, then
+    export, each through the stage cache: (fp32 model file, prune facts, export key, export hit)."""
+    finetune_cfg = conf.finetune if teacher is not None else finetune.FinetuneConfig()
     with stages("prune"):
         net = lprnet.load(weights, conf.model.norm)
         prune.run(net, prune_cfg)
@@ -112,7 +113,7 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, fi
         source = cache.key("finetune", source, asdict(finetune_cfg), calib.files)
 
         def distil(out: Path) -> None:
-            finetune.save(net, finetune.run(net, lprnet.load(weights, conf.model.norm), calib.images, finetune_cfg), out)
+            finetune.save(net, finetune.run(net, teacher, calib.images, finetune_cfg), out)
 
         with stages("finetune"):
             folder, facts["cache_hit_finetune"] = cache.fetch(conf.cache, "finetune", source, distil, workdir)
@@ -133,14 +134,13 @@ def reference(conf: config.Config, root: Path, workdir: Path) -> tuple[runtime.R
     """What every trial is paired with: the unpruned, unquantized fp32 model (same norm) on the
     benchmark's reference runtime, with the trial's threads; and a line that says what it is."""
     name = conf.benchmark.reference_runtime(conf.hardware.device)
-    fp32, _, _, _ = _export(conf, weights_of(conf, root), prune.PruneConfig(), finetune.FinetuneConfig(), None, workdir,
-                            Stages("reference"))
+    fp32, _, _, _ = _export(conf, weights_of(conf, root), prune.PruneConfig(), workdir, Stages("reference"))
     rt = runtime.build(name, fp32, conf.hardware, workdir)
     return rt, f"unpruned fp32 ONNX export (model.norm={conf.model.norm}) on {name}, hardware={conf.hardware.device}"
 
 
 def build(conf: config.Config, root: Path, calib: data.Plates, val: data.Plates, workdir: Path,
-          stages: Stages | None = None) -> Built:
+          stages: Stages | None = None, teacher: runtime.Runtime | None = None) -> Built:
     """Load, prune, export and (under the accuracy guard) quantize; return the runtime to measure.
 
     Export and quantization come from the stage cache when an earlier trial built them from the
@@ -149,7 +149,9 @@ def build(conf: config.Config, root: Path, calib: data.Plates, val: data.Plates,
     """
     stages = stages or Stages()
     workdir.mkdir(parents=True, exist_ok=True)
-    fp32, facts, export_key, hit = _export(conf, weights_of(conf, root), conf.prune, conf.finetune, calib, workdir, stages)
+    if conf.finetune.enabled and teacher is None:
+        teacher, _ = reference(conf, root, workdir / "reference")
+    fp32, facts, export_key, hit = _export(conf, weights_of(conf, root), conf.prune, workdir, stages, calib, teacher)
     hits = {"cache_hit_export": float(hit)}
     if "cache_hit_finetune" in facts:
         hits["cache_hit_finetune"] = float(facts["cache_hit_finetune"])
@@ -252,7 +254,7 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
         }, _description(conf, name), OmegaConf.to_yaml(resolved))
         record.log_plates(root, {"scored": scored, "val": val, "calib": calib})
 
-        built = build(conf, root, calib, val, workdir, stages)
+        built = build(conf, root, calib, val, workdir, stages, teacher=ref)
         rt = built.runtime
         metrics = {"sparsity": built.sparsity, "params_dense": built.params_dense, "macs": size.macs(built.fp32_onnx),
                    **built.lowering_stats, **built.cache_hits}

@@ -1,5 +1,7 @@
 """TVM on a tiny ONNX model with a tiny tuning budget: compile, correctness, database reuse, bad input."""
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -47,9 +49,17 @@ def _check_matches_ort(prepared, compiled):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_tuned_compile_matches_ort_and_reuses_its_database(tiny_onnx, tmp_path):
+@pytest.fixture(scope="module")
+def tuned(tiny_onnx, tmp_path_factory):
+    """One real tuning run (the slowest thing here), shared: (its folder, compiled model, stats)."""
+    tmp_path = tmp_path_factory.mktemp("tuned")
+    first, stats = compile.run(tiny_onnx, _cfg(tmp_path), HW, tmp_path)
+    return tmp_path, first, stats
+
+
+def test_tuned_compile_matches_ort_and_reuses_its_database(tiny_onnx, tuned):
+    tmp_path, first, stats = tuned
     cfg = _cfg(tmp_path)
-    first, stats = compile.run(tiny_onnx, cfg, HW, tmp_path)
     assert stats["tune_db_hit"] == 0 and stats["tune_trials_run"] == 2 and stats["tune_failed_batches"] == 0
     _check_matches_ort(tiny_onnx, first)
     (database,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
@@ -76,9 +86,9 @@ def test_a_tuning_run_that_builds_nothing_raises_with_the_builders_message(tiny_
     assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # no half database left behind
 
 
-def test_a_database_from_another_target_is_never_applied(tiny_onnx, tmp_path):
-    compile.run(tiny_onnx, _cfg(tmp_path), HW, tmp_path)
-    (database,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+def test_a_database_from_another_target_is_never_applied(tiny_onnx, tuned, tmp_path):
+    (tuned_db,) = [p for p in (tuned[0] / "cache").iterdir() if p.is_dir()]
+    database = Path(shutil.copytree(tuned_db, tmp_path / "cache" / tuned_db.name))
     recorded = json.loads((database / compile.TARGET_FILE).read_text())
     (database / compile.TARGET_FILE).write_text(json.dumps({**recorded, "mcpu": "cascadelake"}))
     with pytest.raises(ConfigError, match="was tuned for target cascadelake .* never applied to another target"):

@@ -9,6 +9,10 @@ from lpr_sweep.model import LPRNet
 from lpr_sweep.prune import PruneConfig
 
 
+def _teacher(net):
+    return lambda x: net(torch.from_numpy(x)).detach().numpy()
+
+
 def _images(n=8, seed=0):
     return np.random.default_rng(seed).standard_normal((n, 3, 24, 94)).astype(np.float32)
 
@@ -25,7 +29,7 @@ def test_pruned_zeros_stay_zero_and_the_rest_learns(structured, loss):
         prune.remove_dead_channels(student)
     zeros = {name: ~mask for name, mask in finetune.zero_masks(student).items()}
     before = {name: m.weight.detach().clone() for name, m in prune.conv_layers(student)}
-    log = finetune.run(student, teacher, _images(), FinetuneConfig(method="kd", loss=loss, steps=3, lr=1e-2, batch_size=4),
+    log = finetune.run(student, _teacher(teacher), _images(), FinetuneConfig(method="kd", loss=loss, steps=3, lr=1e-2, batch_size=4),
                        progress=False)
     assert len(log.losses) == 3 and all(np.isfinite(log.losses))
     changed = 0
@@ -44,10 +48,10 @@ def test_distillation_lowers_the_loss_and_is_repeatable():
     prune.run(student, PruneConfig(ratio=0.5))
     start = {k: v.clone() for k, v in student.state_dict().items()}
     cfg = FinetuneConfig(method="kd", steps=15, lr=1e-3, batch_size=4, augment=False)
-    first = finetune.run(student, teacher, _images(16), cfg, progress=False)
+    first = finetune.run(student, _teacher(teacher), _images(16), cfg, progress=False)
     assert np.mean(first.losses[-5:]) < 0.5 * np.mean(first.losses[:5])
     student.load_state_dict(start)
-    assert finetune.run(student, teacher, _images(16), cfg, progress=False).losses == first.losses
+    assert finetune.run(student, _teacher(teacher), _images(16), cfg, progress=False).losses == first.losses
 
 
 def test_augment_is_mild_and_seeded():

@@ -79,6 +79,8 @@ def test_interrupted_sweep_is_closed_and_resume_reruns_only_the_rest(tmp_path, t
     assert parent.info.status == "KILLED", log
     assert 2 <= len(finished) < 6, log
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)  # nothing left RUNNING
+    if sig != signal.SIGTERM:
+        return  # both signals take the same path from here; resuming once is enough (CI time)
 
     done = _sweep(tmp_path, tiny_root, store, SIX, slow, "resume=true")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -93,11 +95,11 @@ def test_interrupted_sweep_is_closed_and_resume_reruns_only_the_rest(tmp_path, t
 @pytest.mark.slow
 def test_ray_sweep_runs_every_trial(tmp_path, tiny_root, store):
     done = _sweep(tmp_path, tiny_root, store, "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
-                  "prune.ratio=0.1,0.2,0.3", timeout=900)
+                  "prune.ratio=0.1,0.2", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     (parent,), children = _runs(store)
     assert parent.info.status == "FINISHED"
-    assert sorted(r.data.params["prune.ratio"] for r in children) == ["0.1", "0.2", "0.3"]
+    assert sorted(r.data.params["prune.ratio"] for r in children) == ["0.1", "0.2"]
     assert all(r.info.status == "FINISHED" for r in children)
     cores = os.cpu_count() if not hasattr(os, "sched_getaffinity") else len(os.sched_getaffinity(0))
     # one CPU reserved per Ray task, so as many trials as cores at once, one thread each
