@@ -78,4 +78,19 @@ def fingerprint() -> dict[str, str]:
         "hw.cores": str(len(os.sched_getaffinity(0))),
         "hw.isa": ",".join(f for f in _ISA_FLAGS if f in flags) or "none-detected",
         "hw.platform": platform.platform(),
+        **node(),
     }
+
+
+def node() -> dict[str, str]:
+    """Which machine ran this: the host name, and inside a Ray task the Ray node and its address
+    (on one machine, two Ray nodes share a host name)."""
+    import socket
+    import sys
+
+    tags = {"hw.node": socket.gethostname()}
+    ray = sys.modules.get("ray")  # only a Ray worker has it imported; importing it here costs seconds
+    if ray is not None and ray.is_initialized():
+        tags["hw.node"] += "/ray:" + ray.get_runtime_context().get_node_id()[:12]
+        tags["hw.node_ip"] = ray.util.get_node_ip_address()
+    return tags

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -28,9 +30,10 @@ TINY = ["data.calib_size=2", "data.val_size=2", "quant.calib_size=2", "benchmark
         "benchmark.calls_per_block=2", "benchmark.warmup=1", "benchmark.throughput_batch=2", "benchmark.throughput_repeats=1"]
 
 
-def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m lpr_sweep ARGS`` from the repo, as a user launches it."""
-    return subprocess.run([sys.executable, "-m", "lpr_sweep", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "lpr_sweep", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def store_config(store: list[str]):
@@ -122,3 +125,35 @@ def pruned_onnx(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("quant")
     calib = np.random.default_rng(0).standard_normal((20, 3, 24, 94)).astype(np.float32)
     return ModelFile(net, export.to_onnx(net, workdir / "fp32.onnx")), calib, workdir
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """An MLflow tracking server on 127.0.0.1 that serves artifacts (into tmp_path/served)."""
+    from lpr_sweep.tracking import _check_server
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "served")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                _check_server(uri, 2)
+                break
+            except Exception:
+                time.sleep(1)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,7 +1,6 @@
 """``python -m lpr_sweep`` as users launch it: parallel, interrupted and resumed, on Ray, against a server."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -9,7 +8,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, TINY, cli, compose_cfg, sweep_runs
+from conftest import REPO, TINY, cli, compose_cfg, free_port, sweep_runs
 from lpr_sweep import tracking
 
 SIX = "prune.ratio=0.1,0.2,0.3,0.4,0.5,0.6"
@@ -104,6 +103,7 @@ def test_ray_sweep_runs_every_trial(tmp_path, tiny_root, store):
     cores = os.cpu_count() if not hasattr(os, "sched_getaffinity") else len(os.sched_getaffinity(0))
     # one CPU reserved per Ray task, so as many trials as cores at once, one thread each
     assert {(r.data.params["protocol.parallel_jobs"], r.data.params["protocol.threads"]) for r in children} == {(str(cores), "1")}
+    assert {r.data.tags["hw.node_ip"] for r in children} == {"127.0.0.1"}  # the local instance stays on loopback
 
 
 def test_slurm_preset_composes():
@@ -114,35 +114,6 @@ def test_slurm_preset_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.cpus_per_task, launcher.timeout_min) == ("gpu", 4, 60)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def server(tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "served")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                tracking._check_server(uri, 2)
-                break
-            except Exception:
-                time.sleep(1)
-        yield uri
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -162,7 +133,7 @@ def test_trial_against_a_local_tracking_server(tmp_path, tiny_root, server):
 @pytest.mark.slow
 def test_unreachable_server_fails_the_sweep_at_once(tmp_path, tiny_root):
     t0 = time.time()
-    done = cli("-m", "tracking=server", f"tracking.uri=http://127.0.0.1:{_free_port()}", "tracking.request_timeout_s=2",
+    done = cli("-m", "tracking=server", f"tracking.uri=http://127.0.0.1:{free_port()}", "tracking.request_timeout_s=2",
                f"data.root={tiny_root}", "prune.ratio=0.1,0.2", f"hydra.sweep.dir={tmp_path}/s", timeout=300)
     assert done.returncode != 0 and "is unreachable" in done.stderr and "start it" in done.stderr
     assert time.time() - t0 < 60

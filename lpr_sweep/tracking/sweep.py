@@ -95,9 +95,14 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
 
+        import mlflow
+
+        from lpr_sweep import launcher
+
         cfg = _config_of(config)
         try:
             exp = experiment_id(cfg)
+            launcher.check(config, tracking_uri(cfg), mlflow.get_experiment(exp).artifact_location)
         except ConfigError as e:  # Hydra would turn an exception here into a warning
             raise SystemExit(f"error: {e}") from None
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -156,6 +161,10 @@ class SweepCallback(Callback):
             exp = experiment_id(_config_of(config))
             parent = (sweep_dir / PARENT_FILE).read_text().strip()
             client = MlflowClient()
+            for run in client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"):
+                # Every job has returned, so nothing runs it: its process died (a lost node, a kill -9).
+                client.set_tag(run.info.run_id, "error", "LostWorker: the process running it died before it finished")
+                client.set_terminated(run.info.run_id, "FAILED")
             children = latest_per_config(client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'"))
             failed = [r for r in children if r.info.status != "FINISHED"]
             client.log_metric(parent, "n_trials", len(children) + len(unrecorded))
