@@ -110,7 +110,8 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, wo
         facts["channels"] = prune.remove_dead_channels(net) if prune_cfg.structured else {}
     source = cache.key("prune", cache.file_digest(weights), asdict(prune_cfg), conf.model.norm)
     if finetune_cfg.enabled:
-        source = cache.key("finetune", source, asdict(finetune_cfg), calib.files)
+        # the teacher is the reference runtime, which depends on the device (torch on cuda)
+        source = cache.key("finetune", source, asdict(finetune_cfg), calib.files, conf.hardware.device)
 
         def distil(out: Path) -> None:
             finetune.save(net, finetune.run(net, teacher, calib.images, finetune_cfg), out)
