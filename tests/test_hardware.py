@@ -1,4 +1,5 @@
 import os
+import socket
 
 import pytest
 import torch
@@ -14,8 +15,8 @@ def test_zero_threads_means_every_usable_core():
 
 def test_fingerprint_names_cpu_cores_and_isa():
     fp = hardware.fingerprint()
-    assert set(fp) == {"hw.cpu", "hw.cores", "hw.isa", "hw.platform"}
-    assert fp["hw.cpu"] and int(fp["hw.cores"]) >= 1
+    assert set(fp) == {"hw.cpu", "hw.cores", "hw.isa", "hw.platform", "hw.node"}  # hw.node_ip only inside a Ray task
+    assert fp["hw.cpu"] and int(fp["hw.cores"]) >= 1 and fp["hw.node"] == socket.gethostname()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error; this machine has a GPU")
