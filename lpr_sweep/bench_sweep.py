@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lpr_sweep.bench_sweep", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="more overrides for every sweep, e.g. data.root=/path")
     args = parser.parse_args(argv)
-    from lpr_sweep import hardware
+    from lpr_sweep import config, hardware
+
+    trials = len(config.expand(SWEEP + args.overrides, []))  # an override of a swept key replaces its values
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((mode, state, run(tmp, f"{mode} {state}", launcher, cache, args.overrides)))
     first = rows[0][2]
     fp = hardware.fingerprint()
-    print(f"# bench_sweep: {fp['hw.cpu']}, {fp['hw.cores']} cores; 6 trials: {' '.join(SWEEP + args.overrides)}; wall seconds of the "
+    print(f"# bench_sweep: {fp['hw.cpu']}, {fp['hw.cores']} cores; {trials} trials: {' '.join(SWEEP + args.overrides)}; wall seconds of the "
           "whole `python -m lpr_sweep -m` process (start-up included), one after another in this invocation")
     print("| sweep | stage cache | wall s | vs serial cold |")
     print("|---|---|---:|---:|")
