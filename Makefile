@@ -32,7 +32,7 @@ sweep: data ## run the default sweep (override with SWEEP="key=a,b ...")
 test: data ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q --durations=25
 
-test-fast: data ## the inner loop: every test not marked slow (under 3 minutes)
+test-fast: data ## the inner loop: every test not marked slow (about 3 minutes on 2 cores)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: data ## every runtime and optimization side by side in one process (ratios, MACs, accuracy)
