@@ -130,7 +130,8 @@ def run(student: nn.Module, teacher: Callable[[np.ndarray], np.ndarray], images:
     return the loss per step.
 
     The teacher is any runtime of the unpruned model: the pipeline passes the trial's reference
-    (ONNX Runtime on a CPU), whose batch of 32 takes a small fraction of torch eager's 1.7 s here.
+    (ONNX Runtime on a CPU): torch eager's teacher forward took most of each step here (a one-off
+    script, timed one after the other, not paired).
     """
     from tqdm import tqdm
 
@@ -144,7 +145,7 @@ def run(student: nn.Module, teacher: Callable[[np.ndarray], np.ndarray], images:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
     log = Log(steps=cfg.steps)
     t0 = time.perf_counter()
-    torch.set_flush_denormal(True)  # pruned students compute on denormals: 4x slower steps here
+    torch.set_flush_denormal(True)  # BN-folded and pruned weights leave denormals, slow on x86
     bar = tqdm(range(cfg.steps), desc=f"finetune {cfg.method} ({cfg.loss})", disable=not progress, mininterval=1.0)
     try:
         for _ in bar:

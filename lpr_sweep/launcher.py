@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -43,7 +44,7 @@ def check(config: DictConfig, tracking_uri: str, artifact_location: str) -> None
     if not tracking_uri.startswith(("http://", "https://")):
         raise ConfigError(f"a Ray cluster's trials run on other machines, which cannot write to {tracking_uri}; "
                           "use tracking=server with MLFLOW_TRACKING_URI=http://<server>:5000")
-    if artifact_location.startswith(("/", "file:")) or "://" not in artifact_location and ":" not in artifact_location:
+    if urlparse(artifact_location).scheme in ("", "file"):
         raise ConfigError(f"the tracking server keeps artifacts at {artifact_location}, a path other machines cannot "
                           "write; start it with `mlflow server --serve-artifacts --artifacts-destination <dir>` and a new "
                           "tracking.experiment, or give the experiment a remote artifact store")
