@@ -35,6 +35,7 @@ from lpr_sweep.model_file import ModelFile
 
 log = logging.getLogger(__name__)
 TARGET_FILE = "target.json"
+RECYCLE_AFTER = 64  # builds per builder worker before it is restarted
 
 
 @dataclass
@@ -124,6 +125,36 @@ def cache_root(cfg: CompileConfig) -> Path:
 
 
 @contextlib.contextmanager
+def fast_tvmscript_import():
+    """Let ``import tvm.s_tir.tensor_intrin`` take ~6 s instead of ~40 s (measured here).
+
+    Its ~250 TVMScript functions each call ``inspect.stack()``, which asks ``inspect.getmodule`` for
+    every frame; for the import machinery's frames ("<frozen importlib._bootstrap>") no module ever
+    matches, so each call scans all of ``sys.modules``. Answering None for such pseudo-files at once
+    is what the scan would conclude anyway. Both the tuning process and every builder worker import it.
+    """
+    import inspect
+
+    original = inspect.getmodule
+
+    def getmodule(obj, _filename=None):
+        if _filename is not None and _filename.startswith("<"):
+            return None
+        return original(obj, _filename)
+
+    inspect.getmodule = getmodule
+    try:
+        yield
+    finally:
+        inspect.getmodule = original
+
+
+def _builder_worker_init():
+    with fast_tvmscript_import():
+        import tvm.s_tir.tensor_intrin  # noqa: F401  (each build needs it; import it once per worker)
+
+
+@contextlib.contextmanager
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
@@ -135,21 +166,38 @@ def _locked(path: Path):
 
 
 def _progress_builder(cfg: CompileConfig, threads: int, budget: int):
-    """TVM's LocalBuilder, wrapped to log progress per batch and keep the errors of failed builds."""
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.builder import LocalBuilder, PyBuilder
+    """A MetaSchedule builder with a persistent worker pool that logs progress and keeps build errors.
 
-    inner = LocalBuilder(max_workers=threads, timeout_sec=cfg.builder_timeout_s)
+    TVM's LocalBuilder starts a fresh pool for every batch, and each worker's first build imports
+    TVM's tensor intrinsics (~40 s here): most of a default tuning run was that start-up. This pool
+    lives for the whole run and its workers import them the fast way; a worker is recycled after
+    ``RECYCLE_AFTER`` builds, which bounds the memory leak TVM restarts its pool for.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
     batches = -(-budget // cfg.trials_per_iter)
 
     @derived_object
     class ProgressBuilder(PyBuilder):
         def __init__(self):
             super().__init__()
+            self.pool = PopenPoolExecutor(max_workers=threads, timeout=cfg.builder_timeout_s,
+                                          maximum_process_uses=RECYCLE_AFTER, initializer=_builder_worker_init)
             self.t0, self.batches, self.done, self.built, self.errors, self.dead_batches = time.perf_counter(), 0, 0, 0, [], 0
 
         def build(self, build_inputs):
-            results = inner.build(build_inputs)
+            jobs = [(None, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
+            results = []
+            for r in self.pool.map_with_error_catching(lambda job: _worker_func(*job), jobs):
+                if r.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(r.value, None))
+                elif r.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"LocalBuilder: Timeout, killed after {cfg.builder_timeout_s} seconds"))
+                else:
+                    results.append(BuilderResult(None, f"LocalBuilder: An exception occurred\n{r.value}"))
             ok = sum(r.error_msg is None for r in results)
             self.batches, self.done, self.built = self.batches + 1, self.done + len(results), self.built + ok
             if results and not ok:
@@ -160,6 +208,9 @@ def _progress_builder(cfg: CompileConfig, threads: int, budget: int):
             log.info("tune: batch %d/~%d, %d/%d trials (%d built), %.0f s elapsed, ~%.0f s left", self.batches, batches,
                      self.done, budget, self.built, elapsed, elapsed / self.done * max(budget - self.done, 0))
             return results
+
+        def close(self):
+            self.pool.shutdown()
 
     return ProgressBuilder()
 
@@ -175,10 +226,13 @@ def tune(fused, target, cfg: CompileConfig, work_dir: Path, threads: int) -> dic
              ", ".join(cfg.tasks) or "all", budget, cfg.trials_per_task)
     progress = _progress_builder(cfg, threads, budget)
     t0 = time.perf_counter()
-    database = ms.relax_integration.tune_relax(
-        fused, {}, target, str(work_dir), max_trials_global=cfg.total_trials, max_trials_per_task=cfg.trials_per_task,
-        op_names=cfg.tasks or None, num_trials_per_iter=cfg.trials_per_iter, builder=progress,
-    )
+    try:
+        database = ms.relax_integration.tune_relax(
+            fused, {}, target, str(work_dir), max_trials_global=cfg.total_trials, max_trials_per_task=cfg.trials_per_task,
+            op_names=cfg.tasks or None, num_trials_per_iter=cfg.trials_per_iter, builder=progress,
+        )
+    finally:
+        progress.close()
     valid = [r for r in database.get_all_tuning_records() if r.run_secs and np.isfinite(float(r.run_secs[0])) and float(r.run_secs[0]) < 1e9]
     if progress.done and not valid:
         raise RuntimeError(
@@ -256,6 +310,8 @@ def run(model_file: ModelFile, cfg: CompileConfig, hardware: hw.HardwareConfig, 
     # runs, but without int8 kernels. The metric says so in the run.
     qdq = "R.dequantize" in mod.script(show_meta=False)
     fused = _fused(mod, target, cfg.cpu_weight_prepack)
+    with fast_tvmscript_import():
+        import tvm.s_tir.tensor_intrin  # noqa: F401  (tuning and applying a database import it)
     db_path, stats = database_for(fused, target, cfg, threads)
     if qdq:
         log.warning("runtime=tvm on an int8 QDQ graph: TVM runs it as fp32 with quantize/dequantize, no int8 kernels")
