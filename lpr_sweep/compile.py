@@ -175,7 +175,10 @@ def _progress_builder(cfg: CompileConfig, threads: int, budget: int):
     """
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
-    from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
+    from tvm.s_tir.meta_schedule.builder.local_builder import (
+        _serialize_params,
+        _worker_func,
+    )
     from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
     batches = -(-budget // cfg.trials_per_iter)
@@ -311,7 +314,7 @@ def run(model_file: ModelFile, cfg: CompileConfig, hardware: hw.HardwareConfig, 
     qdq = "R.dequantize" in mod.script(show_meta=False)
     fused = _fused(mod, target, cfg.cpu_weight_prepack)
     with fast_tvmscript_import():
-        import tvm.s_tir.tensor_intrin  # noqa: F401  (tuning and applying a database import it)
+        import tvm.s_tir.tensor_intrin
     db_path, stats = database_for(fused, target, cfg, threads)
     if qdq:
         log.warning("runtime=tvm on an int8 QDQ graph: TVM runs it as fp32 with quantize/dequantize, no int8 kernels")
