@@ -7,7 +7,7 @@ DATA_ROOT ?= $(or $(LPR_DATA_ROOT),../shared/data/lprnet)
 export LPR_DATA_ROOT := $(abspath $(DATA_ROOT))
 SWEEP ?= prune.scope=global,layer prune.ratio=0.0,0.1,0.5,0.7,0.9
 
-.PHONY: help setup data sweep test test-fast bench bench-sweep ui clean
+.PHONY: help setup data sweep test test-fast bench bench-sweep records ui clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,11 @@ bench: data ## every runtime and optimization side by side in one process (ratio
 
 bench-sweep: data ## wall time of a 6-trial sweep: serial vs 2-way parallel, cold vs warm stage cache
 	$(PY) -m lpr_sweep.bench_sweep
+
+records: data ## re-tune the shipped TVM records on this CPU (every TVM preset's graph; ~25 min) into lpr_sweep/compile_records
+	rm -rf .records-cache
+	$(PY) -m lpr_sweep -m optimization=mlc,prune_structured_mlc compile.records=none compile.cache_dir=$(CURDIR)/.records-cache
+	$(PY) -m lpr_sweep.compile ship .records-cache
 
 ui: setup ## serve the MLflow UI on http://127.0.0.1:5000 and print the address of its runs table
 	@$(PY) -c "from lpr_sweep import tracking; print('open the runs table at', tracking.ui_url(tracking.TrackingConfig()))"

@@ -5,7 +5,10 @@ MetaSchedule -> apply the tuning database -> build a shared library run by the R
 
 The tuning database is keyed by the graph (its structure, not its weight values), the target, the
 TVM version and the budget, and lives in a user cache: every pruning ratio shares one database, so
-only the first trial of a sweep pays for tuning. A file lock serialises trials that would tune the
+only the first trial of a sweep pays for tuning. Records shipped with the package
+(``compile_records/``, the best schedule per task for this project's graphs on the reference CPU)
+seed that cache when their key matches, so a fresh clone on that CPU compiles tuned kernels without
+tuning; ``python -m lpr_sweep.compile ship`` writes them from tuned databases (``make records``). A file lock serialises trials that would tune the
 same key; a database is tuned in a temporary folder and renamed into place only when complete.
 
 Two traps of this TVM (docs/measured.md, "TVM") are handled here: builder workers need ~35 s to start,
@@ -35,6 +38,7 @@ from lpr_sweep.model_file import ModelFile
 
 log = logging.getLogger(__name__)
 TARGET_FILE = "target.json"
+RECORDS = Path(__file__).with_name("compile_records")
 RECYCLE_AFTER = 64  # builds per builder worker before it is restarted
 
 
@@ -43,17 +47,22 @@ class CompileConfig:
     target: str = "auto"  # auto: LLVM for this host's CPU; else a JSON target, e.g. {"kind":"llvm","mcpu":"znver4"}
     total_trials: int = 512  # 0 compiles with TVM's default schedules (no tuning)
     trials_per_task: int = 16
+    task_trials: dict[str, int] = field(default_factory=dict)  # op name -> trials per task, e.g. {conv2d: 64}; others get trials_per_task
     trials_per_iter: int = 16  # candidates built per batch: each batch pays the builder's start-up
     tasks: list[str] = field(default_factory=list)  # op names to tune, e.g. [conv2d]; [] = every task
     builder_timeout_s: float = 300.0  # builder workers take ~35 s to import TVM's intrinsics here
     database: str = "auto"  # auto: a folder per key under the cache; or a path to reuse a database
     cache_dir: str = "auto"  # auto: $XDG_CACHE_HOME/lpr_sweep/tvm
     cpu_weight_prepack: bool = False  # rewrite weight layouts for the tuned kernels, once at load time
+    records: str = "auto"  # shipped records: auto = the package's compile_records/, none = never, or a folder
 
     def __post_init__(self):
         for key in ("total_trials", "trials_per_task", "trials_per_iter"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"compile.{key}={getattr(self, key)} is negative; use 0 (no tuning) or more")
+        for op, n in self.task_trials.items():
+            if n < 1:
+                raise ConfigError(f"compile.task_trials.{op}={n}; give each listed op at least 1 trial, or drop it")
         if self.trials_per_iter == 0 or self.trials_per_task == 0:
             raise ConfigError("compile.trials_per_task and compile.trials_per_iter must be >= 1")
         if self.builder_timeout_s <= 0:
@@ -113,8 +122,10 @@ def _fused(mod, target, prepack: bool):
 def key_of(fused, target, cfg: CompileConfig) -> str:
     import tvm
 
-    text = "\n".join([fused.script(show_meta=False), str(target), tvm.__version__,
-                      json.dumps([cfg.total_trials, cfg.trials_per_task, sorted(cfg.tasks), cfg.cpu_weight_prepack])])
+    budget = [cfg.total_trials, cfg.trials_per_task, sorted(cfg.tasks), cfg.cpu_weight_prepack]
+    if cfg.task_trials:  # appended only when set, so databases tuned before it existed keep their keys
+        budget.append(sorted(cfg.task_trials.items()))
+    text = "\n".join([fused.script(show_meta=False), str(target), tvm.__version__, json.dumps(budget)])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -224,16 +235,24 @@ def tune(fused, target, cfg: CompileConfig, work_dir: Path, threads: int) -> dic
 
     tasks = ms.relax_integration.extract_tasks(fused, target)
     chosen = [t for t in tasks if not cfg.tasks or any(op in t.task_name for op in cfg.tasks)]
-    budget = min(cfg.total_trials, cfg.trials_per_task * len(chosen))
-    log.info("tune: %d of %d tasks (%s), budget %d trials, %d per task", len(chosen), len(tasks),
-             ", ".join(cfg.tasks) or "all", budget, cfg.trials_per_task)
+    groups: dict[int, list] = {}  # trials per task -> its tasks; MetaSchedule takes one cap per run
+    for task in chosen:
+        groups.setdefault(next((n for op, n in cfg.task_trials.items() if op in task.task_name), cfg.trials_per_task), []).append(task)
+    budget = min(cfg.total_trials, sum(n * len(group) for n, group in groups.items()))
+    log.info("tune: %d of %d tasks (%s), budget %d trials (%s)", len(chosen), len(tasks), ", ".join(cfg.tasks) or "all",
+             budget, ", ".join(f"{len(group)} tasks x {n}" for n, group in sorted(groups.items(), reverse=True)))
     progress = _progress_builder(cfg, threads, budget)
+    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    runner = ms.runner.LocalRunner()
     t0 = time.perf_counter()
     try:
-        database = ms.relax_integration.tune_relax(
-            fused, {}, target, str(work_dir), max_trials_global=cfg.total_trials, max_trials_per_task=cfg.trials_per_task,
-            op_names=cfg.tasks or None, num_trials_per_iter=cfg.trials_per_iter, builder=progress,
-        )
+        for n, group in sorted(groups.items(), reverse=True):  # the largest budgets (the convs) first
+            if (left := budget - progress.done) <= 0:
+                break
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(group, str(work_dir))
+            ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=min(left, n * len(group)),
+                               max_trials_per_task=n, num_trials_per_iter=cfg.trials_per_iter, builder=progress, runner=runner,
+                               database=database)
     finally:
         progress.close()
     valid = [r for r in database.get_all_tuning_records() if r.run_secs and np.isfinite(float(r.run_secs[0])) and float(r.run_secs[0]) < 1e9]
@@ -248,7 +267,7 @@ def tune(fused, target, cfg: CompileConfig, work_dir: Path, threads: int) -> dic
 
 
 def database_for(fused, target, cfg: CompileConfig, threads: int) -> tuple[Path | None, dict[str, float]]:
-    """The tuning database for this graph and target, tuned now if no trial tuned it before."""
+    """The tuning database for this graph and target: cached, else seeded from shipped records, else tuned now."""
     if cfg.database == "auto" and cfg.total_trials == 0:
         return None, {"tune_db_hit": 0, "tune_trials_run": 0, "tune_seconds": 0.0}
     if cfg.database != "auto":
@@ -269,13 +288,85 @@ def database_for(fused, target, cfg: CompileConfig, threads: int) -> tuple[Path 
             return path, {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
         work = Path(tempfile.mkdtemp(prefix=f"{path.name}.", dir=root))
         try:
-            stats = tune(fused, target, cfg, work, threads)
+            stats = _from_records(fused, target, cfg, path.name, work) or tune(fused, target, cfg, work, threads)
             (work / TARGET_FILE).write_text(json.dumps(_target_record(target), sort_keys=True))
             cache.seal(work)
             work.rename(path)  # atomic: a reader never sees a half-written database
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return path, {"tune_db_hit": 0, **stats}
+
+
+def records_dir(cfg: CompileConfig) -> Path | None:
+    if cfg.records == "none":
+        return None
+    return RECORDS if cfg.records == "auto" else Path(cfg.records).expanduser()
+
+
+def _from_records(fused, target, cfg: CompileConfig, key: str, work: Path) -> dict[str, float] | None:
+    """Seed ``work`` from the shipped records of this key, when they cover every task; else None (tune)."""
+    folder = records_dir(cfg)
+    found = sorted(folder.glob(f"*-{key}.jsonl")) if folder and folder.is_dir() else []
+    if not found:
+        log.info("tune: no shipped records for this graph and target (key %s in %s); tuning", key, folder)
+        return None
+    missing = materialize(found[0], fused, target, work)
+    if missing:
+        log.warning("tune: %s lacks records for %d tasks (%s); tuning instead", found[0], len(missing), ", ".join(missing))
+        for name in ("database_workload.json", "database_tuning_record.json"):
+            (work / name).unlink(missing_ok=True)
+        return None
+    log.info("tune: seeded the database from shipped records %s; no tuning", found[0])
+    return {"tune_db_shipped": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
+
+
+def materialize(records: Path, fused, target, work: Path) -> list[str]:
+    """Write a MetaSchedule database for ``fused`` into ``work`` from a records file; return the
+    names of the graph's tasks that have no record (an empty list: every task is covered)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    header, *rows = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
+    by_workload = {row["workload"]: row for row in rows}
+    work.mkdir(parents=True, exist_ok=True)
+    database = ms.database.JSONDatabase(work_dir=str(work))
+    missing = []
+    for task in ms.relax_integration.extract_tasks(fused, target):
+        workload = database.commit_workload(task.dispatched[0])
+        row = by_workload.get(workload.as_json()[0])  # the workload's structural hash
+        if row is None:
+            missing.append(task.task_name)
+            continue
+        trace, run_secs, args_info = row["record"]
+        record = [trace, run_secs, header["record_target"], args_info]
+        database.commit_tuning_record(ms.database.TuningRecord.from_json(record, workload))
+    return missing
+
+
+def ship(database: Path, out: Path) -> Path:
+    """Write the best measured record of every task of a tuned database as ``out/<cpu>-<cores>c-<key>.jsonl``:
+    a header line, then one line per task, slowest first, small enough to review in a diff."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    best: dict[str, tuple[float, list]] = {}
+    for record in ms.database.JSONDatabase(work_dir=str(database), allow_missing=False).get_all_tuning_records():
+        secs = [float(t) for t in record.run_secs or []]
+        if not secs or not all(np.isfinite(secs)) or max(secs) >= 1e9:  # 1e10 marks a failed build or run
+            continue
+        workload, mean = record.workload.as_json()[0], float(np.mean(secs))
+        if workload not in best or mean < best[workload][0]:
+            best[workload] = (mean, record.as_json())
+    if not best:
+        raise ConfigError(f"{database} holds no measured tuning record; tune it first (make records)")
+    target = json.loads((database / TARGET_FILE).read_text())
+    header = {"key": database.name, "tvm": tvm.__version__, "target": target,
+              "record_target": next(iter(best.values()))[1][2], "regenerate": "make records"}
+    rows = [{"workload": w, "mean_us": round(mean * 1e6, 2), "args": [a[2] for a in rec[3]], "record": [rec[0], rec[1], rec[3]]}
+            for w, (mean, rec) in sorted(best.items(), key=lambda kv: -kv[1][0])]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{target.get('mcpu', target['kind'])}-{target.get('num-cores')}c-{database.name}.jsonl"
+    path.write_text("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in [header, *rows]))
+    return path
 
 
 def _target_record(target) -> dict:
@@ -296,25 +387,31 @@ def _check_target(path: Path, target) -> None:
         )
 
 
+def graph(onnx_path: Path, target, prepack: bool):
+    """The fused Relax graph that is tuned and built, the weights by name, and whether it holds QDQ ops."""
+    from tvm import relax
+
+    mod, params = _relax_module(onnx_path)
+    if not prepack:
+        mod = relax.transform.BindParams("main", params)(mod)  # weights become constants in the library
+    # TVM's ONNX importer turns QDQ pairs into quantize/dequantize around fp32 ops: an int8 QDQ graph
+    # runs, but without int8 kernels. The metric says so in the run.
+    qdq = "R.dequantize" in mod.script(show_meta=False)
+    with fast_tvmscript_import():
+        import tvm.s_tir.tensor_intrin  # noqa: F401  (tuning and applying a database import it)
+    return _fused(mod, target, prepack), params, qdq
+
+
 def run(model_file: ModelFile, cfg: CompileConfig, hardware: hw.HardwareConfig, workdir: Path) -> tuple[ModelFile, dict[str, float]]:
     """Compile ``model_file.path`` (ONNX) into ``workdir/model_tvm.so``; return it and the tuning metrics."""
     import tvm
-    from tvm import relax
     from tvm.relax import transform
 
     if model_file.format != "onnx":
         raise ConfigError(f"the compile stage lowers ONNX; it cannot take {model_file.path.name}")
     threads = hw.threads(hardware)
     target = target_of(cfg, threads)
-    mod, params = _relax_module(model_file.path)
-    if not cfg.cpu_weight_prepack:
-        mod = relax.transform.BindParams("main", params)(mod)  # weights become constants in the library
-    # TVM's ONNX importer turns QDQ pairs into quantize/dequantize around fp32 ops: an int8 QDQ graph
-    # runs, but without int8 kernels. The metric says so in the run.
-    qdq = "R.dequantize" in mod.script(show_meta=False)
-    fused = _fused(mod, target, cfg.cpu_weight_prepack)
-    with fast_tvmscript_import():
-        import tvm.s_tir.tensor_intrin
+    fused, params, qdq = graph(model_file.path, target, cfg.cpu_weight_prepack)
     db_path, stats = database_for(fused, target, cfg, threads)
     if qdq:
         log.warning("runtime=tvm on an int8 QDQ graph: TVM runs it as fp32 with quantize/dequantize, no int8 kernels")
@@ -335,3 +432,23 @@ def run(model_file: ModelFile, cfg: CompileConfig, hardware: hw.HardwareConfig, 
 
 def params_file(library: Path) -> Path:
     return library.with_name(library.stem + "_params.npz")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lpr_sweep.compile", description="TVM tuning records.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ship_cmd = sub.add_parser("ship", help="write the shipped records from every tuned database in a cache folder")
+    ship_cmd.add_argument("cache_dir", type=Path, help="a compile.cache_dir that holds tuned databases")
+    ship_cmd.add_argument("--to", type=Path, default=RECORDS, help=f"where the records go (default {RECORDS})")
+    args = parser.parse_args(argv)
+    databases = sorted(p for p in args.cache_dir.glob("*") if (p / cache.SEAL).is_file() and (p / TARGET_FILE).is_file())
+    if not databases:
+        parser.error(f"no tuned database in {args.cache_dir}; tune first (make records)")
+    for database in databases:
+        print(ship(database, args.to))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from lpr_sweep import ConfigError, compile, export, runtime
+import tvm
+from conftest import REPO, compose_cfg
+from lpr_sweep import ConfigError, compile, config, export, pipeline, runtime
 from lpr_sweep.compile import CompileConfig
 from lpr_sweep.hardware import HardwareConfig
 from lpr_sweep.model_file import ModelFile
@@ -38,8 +40,8 @@ def tiny_onnx(tmp_path_factory):
 
 
 def _cfg(tmp_path, **kw):
-    return CompileConfig(**{"total_trials": 2, "trials_per_task": 2, "trials_per_iter": 2, "tasks": ["conv2d"],
-                            "cache_dir": str(tmp_path / "cache"), **kw})
+    return CompileConfig(**{"total_trials": 2, "trials_per_task": 1, "trials_per_iter": 2, "tasks": [],
+                            "cache_dir": str(tmp_path / "cache"), "records": "none", **kw})
 
 
 def _check_matches_ort(prepared, compiled):
@@ -61,12 +63,35 @@ def test_tuned_compile_matches_ort_and_reuses_its_database(tiny_onnx, tuned):
     tmp_path, first, stats = tuned
     cfg = _cfg(tmp_path)
     assert stats["tune_db_hit"] == 0 and stats["tune_trials_run"] == 2 and stats["tune_failed_batches"] == 0
+    assert stats["tune_tasks"] == stats["tune_tasks_total"] == 2
     _check_matches_ort(tiny_onnx, first)
     (database,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
     assert (database / "database_tuning_record.json").stat().st_size > 0
     second, again = compile.run(tiny_onnx, cfg, HW, tmp_path / "again")
     assert again == {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
     _check_matches_ort(tiny_onnx, second)
+
+
+def test_shipped_records_seed_a_fresh_cache_without_tuning(tiny_onnx, tuned, tmp_path):
+    compile.main(["ship", str(tuned[0] / "cache"), "--to", str(tmp_path / "records")])
+    (records,) = (tmp_path / "records").glob("*.jsonl")
+    header, *rows = [json.loads(line) for line in records.read_text().splitlines()]
+    assert records.name.endswith(f"c-{header['key']}.jsonl") and len(rows) == 2  # one per task: conv, mean
+    compiled, stats = compile.run(tiny_onnx, _cfg(tmp_path, records=str(tmp_path / "records")), HW, tmp_path / "out")
+    assert stats == {"tune_db_hit": 0, "tune_db_shipped": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
+    _check_matches_ort(tiny_onnx, compiled)
+    # records that miss a task are not used: the graph would silently run that task untuned
+    records.write_text("\n".join(records.read_text().splitlines()[:-1]) + "\n")
+    target = compile.target_of(_cfg(tmp_path), 2)
+    fused, _, _ = compile.graph(tiny_onnx.path, target, prepack=False)
+    missing = compile.materialize(records, fused, target, tmp_path / "partial")
+    assert len(missing) == 1 and missing[0] in {"mean", "fused_conv2d_add_relu"}
+
+
+def test_ship_refuses_a_folder_without_tuned_databases(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        compile.main(["ship", str(tmp_path)])
+    assert "no tuned database in" in capsys.readouterr().err
 
 
 def test_untuned_and_prepacked_builds_match_ort(tiny_onnx, tmp_path):
@@ -106,3 +131,29 @@ def test_an_unparsable_target_is_refused(tiny_onnx, tmp_path):
 def test_a_negative_budget_is_refused(key):
     with pytest.raises(ConfigError, match=f"compile.{key}=-1 is negative"):
         CompileConfig(**{key: -1})
+
+
+def _tvm_presets() -> list[str]:
+    names = sorted(p.stem for p in (REPO / "conf" / "optimization").glob("*.yaml"))
+    return [n for n in names if compose_cfg([f"optimization={n}"]).runtime.name == "tvm"]
+
+
+def test_the_shipped_records_cover_every_task_of_every_tvm_presets_graph(real_root, tmp_path):
+    """The CI check on lpr_sweep/compile_records: a graph change (export, pruning, a TVM upgrade) that
+    would silently run untuned schedules fails here. Fix: `make records` on the reference CPU."""
+    shipped = sorted(compile.RECORDS.glob("*.jsonl"))
+    assert shipped, f"no shipped records in {compile.RECORDS}; run `make records`"
+    targets = {json.dumps(json.loads(f.read_text().splitlines()[0])["record_target"], sort_keys=True) for f in shipped}
+    presets = _tvm_presets()
+    assert {"mlc", "prune_mlc", "prune_structured_mlc"} <= set(presets)
+    for name in presets:
+        conf = config.validate(compose_cfg([f"optimization={name}", f"data.root={real_root}", "cache.enabled=false"]))
+        model_file, *_ = pipeline._export(conf, pipeline.weights_of(conf, real_root), conf.prune, tmp_path / name,
+                                          pipeline.Stages(name))
+        for spec in targets:
+            target = tvm.target.Target(json.loads(spec))
+            fused, _, _ = compile.graph(model_file.path, target, conf.compile.cpu_weight_prepack)
+            key = compile.key_of(fused, target, conf.compile)
+            found = list(compile.RECORDS.glob(f"*-{key}.jsonl"))
+            assert found, f"optimization={name}: no shipped records for its graph on {spec} (key {key}); run `make records`"
+            assert compile.materialize(found[0], fused, target, tmp_path / name / key) == [], f"optimization={name}"
