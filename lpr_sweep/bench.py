@@ -38,6 +38,7 @@ ROWS = {  # row name -> overrides on the default config
     "ORT int8, prune global 0.5": ["optimization=prune", "quant=ort_static"],
     "OpenVINO int8, prune global 0.5 (prune_quant)": ["optimization=prune_quant"],
     "TVM fp32, prune global 0.5 (prune_mlc)": ["optimization=prune_mlc"],
+    "TVM fp32, structured global 0.8 (prune_structured_mlc)": ["optimization=prune_structured_mlc"],
     **{
         f"{runtime} {precision}, structured global {ratio}": [
             "prune.structured=true", f"prune.ratio={ratio}", *overrides

@@ -5,15 +5,17 @@ MetaSchedule -> apply the tuning database -> build a shared library run by the R
 
 The tuning database is keyed by the graph (its structure, not its weight values), the target, the
 TVM version and the budget, and lives in a user cache: every pruning ratio shares one database, so
-only the first trial of a sweep pays for tuning. Records shipped with the package
-(``compile_records/``, the best schedule per task for this project's graphs on the reference CPU)
-seed that cache when their key matches, so a fresh clone on that CPU compiles tuned kernels without
-tuning; ``python -m lpr_sweep.compile ship`` writes them from tuned databases (``make records``). A file lock serialises trials that would tune the
+only the first trial of a sweep pays for tuning. A file lock serialises trials that would tune the
 same key; a database is tuned in a temporary folder and renamed into place only when complete.
+Records shipped with the package (``compile_records/``: the best schedule of every task of this
+project's graphs, for the reference CPU) seed that cache when their key matches, so a fresh clone
+on that CPU builds tuned kernels without tuning; ``python -m lpr_sweep.compile ship`` writes them
+from tuned databases (``make records``).
 
-Two traps of this TVM (docs/measured.md, "TVM") are handled here: builder workers need ~35 s to start,
-so the builder timeout is a config value well above that, and a tuning run in which no candidate
-built raises with the builder's message instead of silently measuring nothing.
+Two traps of this TVM (docs/measured.md, "TVM") are handled here: builder workers spend ~40 s
+importing TVM's tensor intrinsics (this module makes it ~6 s and keeps one worker pool for the whole
+run), and a tuning run in which no candidate built raises with the builder's message instead of
+silently measuring nothing.
 """
 from __future__ import annotations
 
@@ -48,9 +50,9 @@ class CompileConfig:
     total_trials: int = 512  # 0 compiles with TVM's default schedules (no tuning)
     trials_per_task: int = 16
     task_trials: dict[str, int] = field(default_factory=dict)  # op name -> trials per task, e.g. {conv2d: 64}; others get trials_per_task
-    trials_per_iter: int = 16  # candidates built per batch: each batch pays the builder's start-up
+    trials_per_iter: int = 16  # candidates built and measured per batch
     tasks: list[str] = field(default_factory=list)  # op names to tune, e.g. [conv2d]; [] = every task
-    builder_timeout_s: float = 300.0  # builder workers take ~35 s to import TVM's intrinsics here
+    builder_timeout_s: float = 300.0  # per build, a worker's first one included (it imports TVM's intrinsics)
     database: str = "auto"  # auto: a folder per key under the cache; or a path to reuse a database
     cache_dir: str = "auto"  # auto: $XDG_CACHE_HOME/lpr_sweep/tvm
     cpu_weight_prepack: bool = False  # rewrite weight layouts for the tuned kernels, once at load time
@@ -308,7 +310,7 @@ def _from_records(fused, target, cfg: CompileConfig, key: str, work: Path) -> di
     folder = records_dir(cfg)
     found = sorted(folder.glob(f"*-{key}.jsonl")) if folder and folder.is_dir() else []
     if not found:
-        log.info("tune: no shipped records for this graph and target (key %s in %s); tuning", key, folder)
+        log.info("tune: no shipped records for this graph and target (key %s in %s); tuning", key, folder or "compile.records=none")
         return None
     missing = materialize(found[0], fused, target, work)
     if missing:
@@ -439,15 +441,19 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m lpr_sweep.compile", description="TVM tuning records.")
     sub = parser.add_subparsers(dest="command", required=True)
-    ship_cmd = sub.add_parser("ship", help="write the shipped records from every tuned database in a cache folder")
+    ship_cmd = sub.add_parser("ship", help="write the shipped records from every tuned database in a cache folder "
+                                           "(replacing older records for the same CPU and core count)")
     ship_cmd.add_argument("cache_dir", type=Path, help="a compile.cache_dir that holds tuned databases")
     ship_cmd.add_argument("--to", type=Path, default=RECORDS, help=f"where the records go (default {RECORDS})")
     args = parser.parse_args(argv)
     databases = sorted(p for p in args.cache_dir.glob("*") if (p / cache.SEAL).is_file() and (p / TARGET_FILE).is_file())
     if not databases:
         parser.error(f"no tuned database in {args.cache_dir}; tune first (make records)")
-    for database in databases:
-        print(ship(database, args.to))
+    written = [ship(database, args.to) for database in databases]
+    for stale in {p for w in written for p in args.to.glob(w.name.rsplit("-", 1)[0] + "-*.jsonl")} - set(written):
+        stale.unlink()  # the same CPU and core count, an older graph: nothing would ever match it again
+        print("removed", stale)
+    print("\n".join(map(str, written)))
 
 
 if __name__ == "__main__":

@@ -73,8 +73,14 @@ def test_tuned_compile_matches_ort_and_reuses_its_database(tiny_onnx, tuned):
 
 
 def test_shipped_records_seed_a_fresh_cache_without_tuning(tiny_onnx, tuned, tmp_path):
+    target = compile.target_of(_cfg(tmp_path), 2)
+    prefix = f"{compile._target_record(target)['mcpu']}-2c"
+    (tmp_path / "records").mkdir()
+    for name in (f"{prefix}-0ldgraph.jsonl", "othercpu-2c-0ldgraph.jsonl"):
+        (tmp_path / "records" / name).write_text("{}\n")
     compile.main(["ship", str(tuned[0] / "cache"), "--to", str(tmp_path / "records")])
-    (records,) = (tmp_path / "records").glob("*.jsonl")
+    (records,) = (tmp_path / "records").glob(f"{prefix}-*.jsonl")  # the older graph's records are replaced...
+    assert (tmp_path / "records" / "othercpu-2c-0ldgraph.jsonl").is_file()  # ...another CPU's are kept
     header, *rows = [json.loads(line) for line in records.read_text().splitlines()]
     assert records.name.endswith(f"c-{header['key']}.jsonl") and len(rows) == 2  # one per task: conv, mean
     compiled, stats = compile.run(tiny_onnx, _cfg(tmp_path, records=str(tmp_path / "records")), HW, tmp_path / "out")
@@ -82,7 +88,6 @@ def test_shipped_records_seed_a_fresh_cache_without_tuning(tiny_onnx, tuned, tmp
     _check_matches_ort(tiny_onnx, compiled)
     # records that miss a task are not used: the graph would silently run that task untuned
     records.write_text("\n".join(records.read_text().splitlines()[:-1]) + "\n")
-    target = compile.target_of(_cfg(tmp_path), 2)
     fused, _, _ = compile.graph(tiny_onnx.path, target, prepack=False)
     missing = compile.materialize(records, fused, target, tmp_path / "partial")
     assert len(missing) == 1 and missing[0] in {"mean", "fused_conv2d_add_relu"}

@@ -30,12 +30,12 @@ def test_published_table_is_the_six_rows_plus_the_pruning_sweep_and_every_job_va
         for job in jobs:
             c = config.validate(compose("config", overrides=job))
             names.add((c.optimization.name, c.prune.scope.value, c.prune.ratio, c.quant.backend, c.runtime.name))
-    assert len(jobs) == len(names) == 1 + 2 + 1 + 2 + 1 + 2 + 4 + 16
+    assert len(jobs) == len(names) == 1 + 2 + 1 + 2 + 1 + 2 + 5 + 16
     for row in [("baseline", "global", 0.0, "none", "onnxruntime"), ("prune", "layer", 0.5, "none", "onnxruntime"),
                 ("mlc", "global", 0.0, "none", "tvm"), ("prune_mlc", "layer", 0.5, "none", "tvm"),
                 ("quant", "global", 0.0, "nncf", "openvino"), ("prune_quant", "global", 0.5, "nncf", "openvino"),
                 ("prune", "layer", 0.9, "none", "onnxruntime"), ("prune", "global", 0.1, "none", "onnxruntime"),
-                ("prune_structured_kd", "global", 0.9, "none", "onnxruntime"),
+                ("prune_structured_kd", "global", 0.9, "none", "onnxruntime"), ("prune_structured_mlc", "global", 0.8, "none", "tvm"),
                 ("prune_structured_kd_quant", "global", 0.9, "nncf", "openvino")]:
         assert row in names
     published = {(n, r) for n, _, r, _, _ in names} & set(report.PUBLISHED)

@@ -69,7 +69,7 @@ def _end(run_id: str, status: str) -> None:
 
 
 _INTEGER = ("_bytes", "macs", "params_dense", "plates_gained", "plates_lost", "bench_blocks", "quant_candidates",
-            "tune_trials_run", "tune_tasks", "tune_tasks_total", "tune_db_hit", "tune_failed_batches")
+            "tune_trials_run", "tune_tasks", "tune_tasks_total", "tune_db_hit", "tune_db_shipped", "tune_failed_batches")
 
 
 def rounded(metrics: dict[str, float]) -> dict[str, float]:
