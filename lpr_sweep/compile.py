@@ -312,7 +312,11 @@ def _from_records(fused, target, cfg: CompileConfig, key: str, work: Path) -> di
     if not found:
         log.info("tune: no shipped records for this graph and target (key %s in %s); tuning", key, folder or "compile.records=none")
         return None
-    missing = materialize(found[0], fused, target, work)
+    try:
+        missing = materialize(found[0], fused, target, work)
+    except (ValueError, KeyError, TypeError) as e:  # json's and TVM's parse errors are ValueErrors
+        raise ConfigError(f"{found[0]} is not a tuning records file ({str(e).splitlines()[0][:120]}); "
+                          "regenerate it with `make records` or set compile.records=none") from None
     if missing:
         log.warning("tune: %s lacks records for %d tasks (%s); tuning instead", found[0], len(missing), ", ".join(missing))
         for name in ("database_workload.json", "database_tuning_record.json"):
@@ -452,7 +456,10 @@ def main(argv: list[str] | None = None) -> None:
     databases = sorted(p for p in args.cache_dir.glob("*") if (p / cache.SEAL).is_file() and (p / TARGET_FILE).is_file())
     if not databases:
         parser.error(f"no tuned database in {args.cache_dir}; tune first (make records)")
-    written = [ship(database, args.to) for database in databases]
+    try:
+        written = [ship(database, args.to) for database in databases]
+    except ConfigError as e:
+        parser.error(str(e))
     for stale in {p for w in written for p in args.to.glob(w.name.rsplit("-", 1)[0] + "-*.jsonl")} - set(written):
         stale.unlink()  # the same CPU and core count, an older graph: nothing would ever match it again
         print("removed", stale)

@@ -91,6 +91,9 @@ def test_shipped_records_seed_a_fresh_cache_without_tuning(tiny_onnx, tuned, tmp
     fused, _, _ = compile.graph(tiny_onnx.path, target, prepack=False)
     missing = compile.materialize(records, fused, target, tmp_path / "partial")
     assert len(missing) == 1 and missing[0] in {"mean", "fused_conv2d_add_relu"}
+    records.write_text("{not json\n")
+    with pytest.raises(ConfigError, match=r"is not a tuning records file .*make records.*compile.records=none"):
+        compile.run(tiny_onnx, _cfg(tmp_path, records=str(tmp_path / "records"), cache_dir=str(tmp_path / "c2")), HW, tmp_path / "o2")
 
 
 def test_ship_refuses_a_folder_without_tuned_databases(tmp_path, capsys):

@@ -95,3 +95,29 @@ def test_latest_per_config_keeps_the_finished_rerun():
 
     runs = [run("old", "KILLED", 1, "a"), run("new", "FINISHED", 2, "a"), run("b", "FAILED", 1, "b"), run("c", "FINISHED", 3, "")]
     assert sorted(r.info.run_id for r in tracking.latest_per_config(runs)) == ["b", "c", "new"]
+
+
+class _Plates(list):
+    @property
+    def files(self):
+        return list(self)
+
+
+def test_a_dataset_logged_at_once_by_a_parallel_trial_still_reaches_this_run(cfg, tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    real, calls = mlflow.log_input, []
+
+    def racing(dataset, context=None):  # the other trial inserted the same dataset row first
+        calls.append(context)
+        if len(calls) == 1:
+            real(dataset, context=context)  # the row exists now, as it would after the other trial's insert
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name")
+        return real(dataset, context=context)
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    with record.trial(cfg, run_name="ok", params={}, parent_run_id=None, packages=()):
+        record.log_plates(tmp_path, {"scored": _Plates(["a.jpg", "b.jpg"])})
+    run = _only_run(cfg)
+    assert calls == ["scored", "scored"] and run.info.status == "FINISHED"
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["lprnet-scored"]

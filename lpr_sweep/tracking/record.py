@@ -94,7 +94,22 @@ def log_plates(root: Path, parts: dict[str, Any]) -> None:
         mlflow.log_text(listing, f"{part}_files.txt")
         if len(plates):
             digest = hashlib.sha256(listing.encode()).hexdigest()[:12]
-            mlflow.log_input(MetaDataset(source, name=f"lprnet-{part}", digest=digest), context=part)
+            _log_input(MetaDataset(source, name=f"lprnet-{part}", digest=digest), part)
+
+
+def _log_input(dataset: Any, context: str) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.log_input(dataset, context=context)
+    except MlflowException as e:
+        # Parallel trials that log the same dataset at once race on the store's unique key (seen in
+        # CI: two Ray trials on SQLite, "UNIQUE constraint failed: datasets..."). The row exists now,
+        # so the second call only links it to this run.
+        if "UNIQUE constraint" not in str(e) and "IntegrityError" not in str(e):
+            raise
+        mlflow.log_input(dataset, context=context)
 
 
 def log_trial(params: dict[str, Any], description: str, config_yaml: str) -> None:
