@@ -44,7 +44,7 @@ bench-sweep: data ## wall time of a 6-trial sweep: serial vs 2-way parallel, col
 records: data ## re-tune the shipped TVM records on this CPU (every TVM preset's graph; ~25 min) into lpr_sweep/compile_records
 	rm -rf .records-cache
 	$(PY) -m lpr_sweep -m optimization=mlc,prune_structured_mlc compile.records=none compile.cache_dir=$(CURDIR)/.records-cache
-	$(PY) -m lpr_sweep.compile ship .records-cache
+	$(PY) -m lpr_sweep.records ship .records-cache
 
 ui: setup ## serve the MLflow UI on http://127.0.0.1:5000 and print the address of its runs table
 	@$(PY) -c "from lpr_sweep import tracking; print('open the runs table at', tracking.ui_url(tracking.TrackingConfig()))"

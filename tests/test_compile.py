@@ -11,7 +11,7 @@ from torch import nn
 
 import tvm
 from conftest import REPO, compose_cfg
-from lpr_sweep import ConfigError, compile, config, export, pipeline, runtime
+from lpr_sweep import ConfigError, compile, config, export, pipeline, records, runtime
 from lpr_sweep.compile import CompileConfig
 from lpr_sweep.hardware import HardwareConfig
 from lpr_sweep.model_file import ModelFile
@@ -78,27 +78,27 @@ def test_shipped_records_seed_a_fresh_cache_without_tuning(tiny_onnx, tuned, tmp
     (tmp_path / "records").mkdir()
     for name in (f"{prefix}-0ldgraph.jsonl", "othercpu-2c-0ldgraph.jsonl"):
         (tmp_path / "records" / name).write_text("{}\n")
-    compile.main(["ship", str(tuned[0] / "cache"), "--to", str(tmp_path / "records")])
-    (records,) = (tmp_path / "records").glob(f"{prefix}-*.jsonl")  # the older graph's records are replaced...
+    records.main(["ship", str(tuned[0] / "cache"), "--to", str(tmp_path / "records")])
+    (shipped,) = (tmp_path / "records").glob(f"{prefix}-*.jsonl")  # the older graph's records are replaced...
     assert (tmp_path / "records" / "othercpu-2c-0ldgraph.jsonl").is_file()  # ...another CPU's are kept
-    header, *rows = [json.loads(line) for line in records.read_text().splitlines()]
-    assert records.name.endswith(f"c-{header['key']}.jsonl") and len(rows) == 2  # one per task: conv, mean
+    header, *rows = [json.loads(line) for line in shipped.read_text().splitlines()]
+    assert shipped.name.endswith(f"c-{header['key']}.jsonl") and len(rows) == 2  # one per task: conv, mean
     compiled, stats = compile.run(tiny_onnx, _cfg(tmp_path, records=str(tmp_path / "records")), HW, tmp_path / "out")
     assert stats == {"tune_db_hit": 0, "tune_db_shipped": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
     _check_matches_ort(tiny_onnx, compiled)
     # records that miss a task are not used: the graph would silently run that task untuned
-    records.write_text("\n".join(records.read_text().splitlines()[:-1]) + "\n")
+    shipped.write_text("\n".join(shipped.read_text().splitlines()[:-1]) + "\n")
     fused, _, _ = compile.graph(tiny_onnx.path, target, prepack=False)
-    missing = compile.materialize(records, fused, target, tmp_path / "partial")
+    missing = records.materialize(shipped, fused, target, tmp_path / "partial")
     assert len(missing) == 1 and missing[0] in {"mean", "fused_conv2d_add_relu"}
-    records.write_text("{not json\n")
+    shipped.write_text("{not json\n")
     with pytest.raises(ConfigError, match=r"is not a tuning records file .*make records.*compile.records=none"):
         compile.run(tiny_onnx, _cfg(tmp_path, records=str(tmp_path / "records"), cache_dir=str(tmp_path / "c2")), HW, tmp_path / "o2")
 
 
 def test_ship_refuses_a_folder_without_tuned_databases(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        compile.main(["ship", str(tmp_path)])
+        records.main(["ship", str(tmp_path)])
     assert "no tuned database in" in capsys.readouterr().err
 
 
@@ -149,8 +149,8 @@ def _tvm_presets() -> list[str]:
 def test_the_shipped_records_cover_every_task_of_every_tvm_presets_graph(real_root, tmp_path):
     """The CI check on lpr_sweep/compile_records: a graph change (export, pruning, a TVM upgrade) that
     would silently run untuned schedules fails here. Fix: `make records` on the reference CPU."""
-    shipped = sorted(compile.RECORDS.glob("*.jsonl"))
-    assert shipped, f"no shipped records in {compile.RECORDS}; run `make records`"
+    shipped = sorted(records.SHIPPED.glob("*.jsonl"))
+    assert shipped, f"no shipped records in {records.SHIPPED}; run `make records`"
     targets = {json.dumps(json.loads(f.read_text().splitlines()[0])["record_target"], sort_keys=True) for f in shipped}
     presets = _tvm_presets()
     assert {"mlc", "prune_mlc", "prune_structured_mlc"} <= set(presets)
@@ -162,6 +162,6 @@ def test_the_shipped_records_cover_every_task_of_every_tvm_presets_graph(real_ro
             target = tvm.target.Target(json.loads(spec))
             fused, _, _ = compile.graph(model_file.path, target, conf.compile.cpu_weight_prepack)
             key = compile.key_of(fused, target, conf.compile)
-            found = list(compile.RECORDS.glob(f"*-{key}.jsonl"))
+            found = list(records.SHIPPED.glob(f"*-{key}.jsonl"))
             assert found, f"optimization={name}: no shipped records for its graph on {spec} (key {key}); run `make records`"
-            assert compile.materialize(found[0], fused, target, tmp_path / name / key) == [], f"optimization={name}"
+            assert records.materialize(found[0], fused, target, tmp_path / name / key) == [], f"optimization={name}"
