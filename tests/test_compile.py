@@ -7,10 +7,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
-
 import tvm
 from conftest import REPO, compose_cfg
+from torch import nn
+
 from lpr_sweep import ConfigError, compile, config, export, pipeline, records, runtime
 from lpr_sweep.compile import CompileConfig
 from lpr_sweep.hardware import HardwareConfig
