@@ -29,11 +29,14 @@ sweep: data ## run the default sweep (override with SWEEP="key=a,b ...")
 	$(PY) -m lpr_sweep -m $(SWEEP)
 	$(PY) -m lpr_sweep.report
 
+# One pytest worker per core (pytest-xdist), a test file per worker: most tests run sweeps in a
+# subprocess that keeps one core busy, so two at a time halve the wall time on 2 cores. No test
+# asserts a speed, so sharing the cores changes no outcome.
 test: data ## run the whole test suite (what CI runs)
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=25
 
 test-fast: data ## the inner loop: every test not marked slow (about 3 minutes on 2 cores)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 bench: data ## every runtime and optimization side by side in one process (ratios, MACs, accuracy)
 	$(PY) -m lpr_sweep.bench
