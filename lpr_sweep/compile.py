@@ -40,6 +40,7 @@ from lpr_sweep.records import TARGET_FILE
 
 log = logging.getLogger(__name__)
 RECYCLE_AFTER = 64  # builds per builder worker before it is restarted
+LAYOUTS = {"NCHW": None, "NHWC": ["NHWC", "OHWI"]}  # data and weight layout of relax.nn.conv2d
 
 
 @dataclass
@@ -54,6 +55,7 @@ class CompileConfig:
     database: str = "auto"  # auto: a folder per key under the cache; or a path to reuse a database
     cache_dir: str = "auto"  # auto: $XDG_CACHE_HOME/lpr_sweep/tvm
     cpu_weight_prepack: bool = False  # rewrite weight layouts for the tuned kernels, once at load time
+    layout: str = "NCHW"  # the convolutions' data layout: NCHW (as exported) or NHWC
     records: str = "auto"  # shipped records: auto = the package's compile_records/, none = never, or a folder
 
     def __post_init__(self):
@@ -65,6 +67,8 @@ class CompileConfig:
                 raise ConfigError(f"compile.task_trials.{op}={n}; give each listed op at least 1 trial, or drop it")
         if self.trials_per_iter == 0 or self.trials_per_task == 0:
             raise ConfigError("compile.trials_per_task and compile.trials_per_iter must be >= 1")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"compile.layout={self.layout}; use one of {', '.join(LAYOUTS)}")
         if self.builder_timeout_s <= 0:
             raise ConfigError(f"compile.builder_timeout_s={self.builder_timeout_s} must be positive")
 
@@ -105,14 +109,16 @@ def _relax_module(onnx_path: Path):
     return mod, dict(zip(names, params["main"]))
 
 
-def _fused(mod, target, prepack: bool):
+def _fused(mod, target, prepack: bool, layout: str):
     import tvm
     from tvm import relax
     from tvm.relax import transform
 
+    convert = [transform.ConvertLayout({"relax.nn.conv2d": LAYOUTS[layout]})] if LAYOUTS[layout] else []
     with target:
         return tvm.transform.Sequential([
             transform.DecomposeOpsForInference(),
+            *convert,
             transform.CanonicalizeBindings(),
             relax.get_pipeline("zero"),
             *([transform.AttachAttrLayoutFreeBuffers()] if prepack else []),
@@ -321,7 +327,7 @@ def _check_target(path: Path, target) -> None:
         )
 
 
-def graph(onnx_path: Path, target, prepack: bool):
+def graph(onnx_path: Path, target, prepack: bool, layout: str = "NCHW"):
     """The fused Relax graph that is tuned and built, the weights by name, and whether it holds QDQ ops."""
     from tvm import relax
 
@@ -333,7 +339,7 @@ def graph(onnx_path: Path, target, prepack: bool):
     qdq = "R.dequantize" in mod.script(show_meta=False)
     with fast_tvmscript_import():
         import tvm.s_tir.tensor_intrin  # noqa: F401  (tuning and applying a database import it)
-    return _fused(mod, target, prepack), params, qdq
+    return _fused(mod, target, prepack, layout), params, qdq
 
 
 def run(model_file: ModelFile, cfg: CompileConfig, hardware: hw.HardwareConfig, workdir: Path) -> tuple[ModelFile, dict[str, float]]:
@@ -345,7 +351,7 @@ def run(model_file: ModelFile, cfg: CompileConfig, hardware: hw.HardwareConfig, 
         raise ConfigError(f"the compile stage lowers ONNX; it cannot take {model_file.path.name}")
     threads = hw.threads(hardware)
     target = target_of(cfg, threads)
-    fused, params, qdq = graph(model_file.path, target, cfg.cpu_weight_prepack)
+    fused, params, qdq = graph(model_file.path, target, cfg.cpu_weight_prepack, cfg.layout)
     db_path, stats = database_for(fused, target, cfg, threads)
     if qdq:
         log.warning("runtime=tvm on an int8 QDQ graph: TVM runs it as fp32 with quantize/dequantize, no int8 kernels")

@@ -102,11 +102,12 @@ def test_ship_refuses_a_folder_without_tuned_databases(tmp_path, capsys):
     assert "no tuned database in" in capsys.readouterr().err
 
 
-def test_untuned_and_prepacked_builds_match_ort(tiny_onnx, tmp_path):
-    for prepack in (False, True):
-        out = tmp_path / str(prepack)
+def test_untuned_prepacked_and_nhwc_builds_match_ort(tiny_onnx, tmp_path):
+    for prepack, layout in ((False, "NCHW"), (True, "NCHW"), (False, "NHWC")):
+        out = tmp_path / f"{prepack}{layout}"
         out.mkdir()
-        compiled, stats = compile.run(tiny_onnx, _cfg(tmp_path, total_trials=0, cpu_weight_prepack=prepack), HW, out)
+        cfg = _cfg(tmp_path, total_trials=0, cpu_weight_prepack=prepack, layout=layout)
+        compiled, stats = compile.run(tiny_onnx, cfg, HW, out)
         assert stats["tune_trials_run"] == 0
         _check_matches_ort(tiny_onnx, compiled)
         rt = runtime.build("tvm", compiled, HW, out)
@@ -141,6 +142,18 @@ def test_a_negative_budget_is_refused(key):
         CompileConfig(**{key: -1})
 
 
+def test_an_unknown_layout_is_refused():
+    with pytest.raises(ConfigError, match="compile.layout=NCWH; use one of NCHW, NHWC"):
+        CompileConfig(layout="NCWH")
+
+
+def test_nhwc_converts_the_convolutions_before_tuning(tiny_onnx):
+    target = compile.target_of(CompileConfig(), 2)
+    nchw, nhwc = (compile.graph(tiny_onnx.path, target, False, layout)[0] for layout in ("NCHW", "NHWC"))
+    assert "transpose" not in nchw.script(show_meta=False) and "transpose" in nhwc.script(show_meta=False)
+    assert compile.key_of(nchw, target, CompileConfig()) != compile.key_of(nhwc, target, CompileConfig())
+
+
 def _tvm_presets() -> list[str]:
     names = sorted(p.stem for p in (REPO / "conf" / "optimization").glob("*.yaml"))
     return [n for n in names if compose_cfg([f"optimization={n}"]).runtime.name == "tvm"]
@@ -160,7 +173,7 @@ def test_the_shipped_records_cover_every_task_of_every_tvm_presets_graph(real_ro
                                           pipeline.Stages(name))
         for spec in targets:
             target = tvm.target.Target(json.loads(spec))
-            fused, _, _ = compile.graph(model_file.path, target, conf.compile.cpu_weight_prepack)
+            fused, _, _ = compile.graph(model_file.path, target, conf.compile.cpu_weight_prepack, conf.compile.layout)
             key = compile.key_of(fused, target, conf.compile)
             found = list(records.SHIPPED.glob(f"*-{key}.jsonl"))
             assert found, f"optimization={name}: no shipped records for its graph on {spec} (key {key}); run `make records`"
