@@ -55,7 +55,7 @@ class CompileConfig:
     database: str = "auto"  # auto: a folder per key under the cache; or a path to reuse a database
     cache_dir: str = "auto"  # auto: $XDG_CACHE_HOME/lpr_sweep/tvm
     cpu_weight_prepack: bool = False  # rewrite weight layouts for the tuned kernels, once at load time
-    layout: str = "NCHW"  # the convolutions' data layout: NCHW (as exported) or NHWC
+    layout: str = "NHWC"  # the convolutions' data layout: NHWC (converted before tuning) or NCHW (as exported)
     records: str = "auto"  # shipped records: auto = the package's compile_records/, none = never, or a folder
 
     def __post_init__(self):
@@ -209,6 +209,8 @@ def _progress_builder(cfg: CompileConfig, threads: int, budget: int):
             self.t0, self.batches, self.done, self.built, self.errors, self.dead_batches = time.perf_counter(), 0, 0, 0, [], 0
 
         def build(self, build_inputs):
+            if not build_inputs:  # a task whose design space is spent: MetaSchedule asks again until it gives up
+                return []
             jobs = [(None, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
             results = []
             for r in self.pool.map_with_error_catching(lambda job: _worker_func(*job), jobs):

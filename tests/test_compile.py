@@ -41,7 +41,7 @@ def tiny_onnx(tmp_path_factory):
 
 def _cfg(tmp_path, **kw):
     return CompileConfig(**{"total_trials": 2, "trials_per_task": 1, "trials_per_iter": 2, "tasks": [],
-                            "cache_dir": str(tmp_path / "cache"), "records": "none", **kw})
+                            "cache_dir": str(tmp_path / "cache"), "records": "none", "layout": "NCHW", **kw})
 
 
 def _check_matches_ort(prepared, compiled):
