@@ -1,5 +1,9 @@
 """PyTorch eager, or the compiled int8 module of quant=torch_x86; deploys as an exported program (.pt2),
-which loads back (``torch.export.load``) without this package's model code."""
+which loads back (``torch.export.load``) without this package's model code.
+
+Denormal float32 weights are zeroed first, as the ONNX export does (export.py): the upstream LPRNet
+holds values near 1e-41, and on the Intel CI machine they made eager PyTorch about 10x slower.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,6 +35,20 @@ def module_tensors(module: nn.Module) -> Iterator[np.ndarray]:
         yield (t.float() if t.dtype == torch.bfloat16 else t).detach().cpu().numpy()
 
 
+def flush_denormals(module: nn.Module) -> int:
+    """Zero, in place, every float32 parameter and buffer value below float32's smallest normal; how many."""
+    import torch
+
+    count, tiny = 0, torch.finfo(torch.float32).tiny
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.dtype == torch.float32:
+                denormal = (tensor.abs() < tiny) & (tensor != 0)
+                count += int(denormal.sum())
+                tensor[denormal] = 0.0
+    return count
+
+
 @register("torch")
 class TorchRuntime:
     packages = ("torch", "torchao")
@@ -45,6 +63,8 @@ class TorchRuntime:
         self.device = torch.device(hardware.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = hardware.allow_tf32
+        if model_file.module is not None:
+            flush_denormals(model_file.module)
         artifact = model_file.artifact
         if artifact is None:
             artifact = workdir / "model.pt2"
