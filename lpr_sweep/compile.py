@@ -329,7 +329,7 @@ def _check_target(path: Path, target) -> None:
         )
 
 
-def graph(onnx_path: Path, target, prepack: bool, layout: str = "NCHW"):
+def graph(onnx_path: Path, target, prepack: bool, layout: str):
     """The fused Relax graph that is tuned and built, the weights by name, and whether it holds QDQ ops."""
     from tvm import relax
 

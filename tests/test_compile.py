@@ -88,7 +88,7 @@ def test_shipped_records_seed_a_fresh_cache_without_tuning(tiny_onnx, tuned, tmp
     _check_matches_ort(tiny_onnx, compiled)
     # records that miss a task are not used: the graph would silently run that task untuned
     shipped.write_text("\n".join(shipped.read_text().splitlines()[:-1]) + "\n")
-    fused, _, _ = compile.graph(tiny_onnx.path, target, prepack=False)
+    fused, _, _ = compile.graph(tiny_onnx.path, target, False, "NCHW")
     missing = records.materialize(shipped, fused, target, tmp_path / "partial")
     assert len(missing) == 1 and missing[0] in {"mean", "fused_conv2d_add_relu"}
     shipped.write_text("{not json\n")
