@@ -74,6 +74,7 @@ class Built:
     fp32_runtime: runtime.Runtime | None = None  # int8 trials: that fp32 model, to report its scored accuracy
     lowering_stats: dict[str, float] = field(default_factory=dict)
     cache_hits: dict[str, float] = field(default_factory=dict)
+    loaded: ModelFile | None = None  # what ``runtime`` loaded (after any lowering): more loads come from it
 
 
 class _Runner:
@@ -85,6 +86,7 @@ class _Runner:
         self.stage = getattr(runtime.get(conf.runtime), "lowering", None)
         self.builds = 0
         self.stats: dict[str, float] = {}
+        self.loaded: ModelFile | None = None
 
     def __call__(self, model_file: ModelFile) -> runtime.Runtime:
         if self.stage:
@@ -95,6 +97,7 @@ class _Runner:
             for key, value in stats.items():
                 additive = key.endswith(("_seconds", "_run")) and key in self.stats
                 self.stats[key] = self.stats[key] + value if additive else value
+        self.loaded = model_file
         return runtime.build(self.conf.runtime, model_file, self.conf.hardware, self.workdir)
 
 
@@ -172,7 +175,17 @@ def build(conf: config.Config, root: Path, calib: data.Plates, val: data.Plates,
         with stages("runtime"):
             built.runtime = runner(built.model_file)
     hits["cache_hits"] = sum(hits.values())
+    built.loaded = runner.loaded
     return built
+
+
+def loads(conf: config.Config, built: Built, workdir: Path) -> list[runtime.Runtime]:
+    """The trial's runtime and ``benchmark.loads - 1`` more loads of the same files, to time."""
+    out = [built.runtime]
+    for i in range(1, conf.benchmark.loads):
+        (workdir / f"load_{i}").mkdir(parents=True, exist_ok=True)
+        out.append(runtime.build(conf.runtime, built.loaded, conf.hardware, workdir / f"load_{i}"))
+    return out
 
 
 def _quantize(conf: config.Config, fp32: ModelFile, export_key: str, calib: data.Plates, val: data.Plates,
@@ -281,7 +294,7 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
                 metrics["accuracy_fp32"] = evaluate.run(built.fp32_runtime, scored, conf.evaluate).accuracy
                 metrics["accuracy_drop_pts"] = 100 * (metrics["accuracy_fp32"] - result.accuracy)
         with stages("benchmark"):
-            metrics.update(benchmark.run(rt, ref, scored, conf.benchmark))
+            metrics.update(benchmark.run(loads(conf, built, workdir), ref, scored, conf.benchmark))
         if metrics["bench_noisy"]:
             log.warning("[%s] speed-up interval [%.2f, %.2f] is wider than benchmark.max_ci_width after %d blocks: "
                         "flagged bench_noisy; its ranking is uncertain", name, metrics["speedup_ci_low"],

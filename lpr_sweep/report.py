@@ -139,7 +139,9 @@ def markdown(sweep: Sweep, rule: Rule, champion: Trial | None, front: list[Trial
         "- Speed: each trial timed its model against the reference "
         f"({p.get('protocol.reference', 'the unpruned fp32 model')}) in the same process, in alternating blocks "
         f"({p.get('protocol.bench_blocks_min_max', '?')} blocks of {p.get('protocol.bench_calls_per_block', '?')} batch-1 calls "
-        f"each, {p.get('protocol.threads', '?')} threads); speed-up = median per-block ratio with a 95 % bootstrap interval. "
+        f"each, rotating over {p.get('protocol.bench_loads', '1')} separate loads of the trial's model, "
+        f"{p.get('protocol.threads', '?')} threads); speed-up = mean over loads of the median per-block ratio, with a 95 % "
+        "bootstrap interval. "
         "p50 is shown beside the reference's p50 of the same trial; p50s of different trials are not comparable.",
         "- Noisy trials (interval still wider than benchmark.max_ci_width; their ranking is uncertain): "
         + (", ".join(noisy) if noisy else "none"),

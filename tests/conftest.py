@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_ROOT = Path(os.environ.get("LPR_DATA_ROOT", REPO.parent / "shared" / "data" / "lprnet")).resolve()
 PLATES = ["京PL3N67", "川JK0707", "沪AMS087", "浙A6MX97", "粤B12345", "苏E8Z9Q1"]
 # A trial in seconds: two calibration plates, two validation plates, a few timed calls.
-TINY = ["data.calib_size=2", "data.val_size=2", "quant.calib_size=2", "benchmark.blocks=2", "benchmark.max_blocks=2",
+TINY = ["data.calib_size=2", "data.val_size=2", "quant.calib_size=2", "benchmark.loads=2", "benchmark.blocks=2", "benchmark.max_blocks=2",
         "benchmark.calls_per_block=2", "benchmark.warmup=1", "benchmark.throughput_batch=2", "benchmark.throughput_repeats=1"]
 
 

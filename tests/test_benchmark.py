@@ -23,10 +23,10 @@ def _plates(n=2):
 
 def test_run_pairs_latency_at_batch_one_and_times_throughput_at_the_stated_batch():
     seen = []
-    cfg = BenchmarkConfig(warmup=1, blocks=2, calls_per_block=3, max_blocks=2, throughput_batch=5, throughput_repeats=2)
-    metrics = benchmark.run(lambda x: seen.append(("b", len(x))), lambda x: seen.append(("a", len(x))), _plates(), cfg)
+    cfg = BenchmarkConfig(warmup=1, loads=1, blocks=2, calls_per_block=3, max_blocks=2, throughput_batch=5, throughput_repeats=2)
+    metrics = benchmark.run([lambda x: seen.append(("b", len(x)))], lambda x: seen.append(("a", len(x))), _plates(), cfg)
     assert {"speedup", "speedup_ci_low", "speedup_ci_high", "latency_ref_p50_ms", "latency_p50_ms", "latency_p90_ms",
-            "latency_mean_ms", "bench_blocks", "bench_noise", "bench_noisy", "throughput_ips"} == set(metrics)
+            "latency_mean_ms", "bench_blocks", "bench_noise", "bench_noisy", "bench_load_spread", "throughput_ips"} == set(metrics)
     assert seen.count(("a", 1)) == seen.count(("b", 1)) == 1 + 2 * 3 and seen.count(("b", 5)) == 3
     assert metrics["throughput_ips"] > 0
 
@@ -50,6 +50,10 @@ class SimulatedMachine:
 
     def candidate(self, x):
         self._spend(self.cand_ms)
+
+    def load(self, factor):
+        """A separate load of the candidate that runs ``factor`` times slower for as long as it lives."""
+        return lambda x: self._spend(self.cand_ms * factor)
 
 
 DRIFTS = {
@@ -96,10 +100,49 @@ def test_a_noisy_machine_measures_more_blocks_then_flags():
     assert m["bench_blocks"] == 4 and m["bench_noisy"] == 0.0
 
 
+def test_blocks_rotate_over_the_loads_and_each_load_sees_both_orders():
+    seen = []
+    loads = [lambda x, k=k: seen.append(k) for k in range(3)]
+    cfg = BenchmarkConfig(warmup=0, loads=3, blocks=12, max_blocks=12, calls_per_block=1)
+    benchmark.paired(loads, lambda x: seen.append("A"), None, cfg)
+    pairs = [tuple(seen[i:i + 2]) for i in range(0, len(seen), 2)]
+    assert [next(v for v in p if v != "A") for p in pairs] == [0, 1, 2] * 4
+    for k in range(3):
+        assert {("A", k), (k, "A")} <= set(pairs), pairs
+
+
+def test_the_interval_spans_loads_that_disagree():
+    ratios = np.array([2.0, 2.0, 1.5, 2.0, 2.0, 1.5, 2.0, 2.0, 1.5])
+    est, low, high = benchmark.interval(ratios, np.array([0, 1, 2] * 3))
+    assert est == pytest.approx((2.0 + 2.0 + 1.5) / 3) and low <= 1.6 and high >= 1.95
+    est, low, high = benchmark.interval(ratios)  # one load: the median block, as before
+    assert est == 2.0
+
+
+def test_more_loads_make_processes_agree_when_each_load_is_a_draw():
+    """What loads fix: a runtime whose speed is set at load time (slow one load in four, 1.4x). One
+    load per process gives two clusters of results; the mean over three loads varies less."""
+    def spread(n_loads):
+        results = []
+        for seed in range(100):
+            rng = np.random.default_rng(seed)
+            sim = SimulatedMachine(2.0, 1.0, *DRIFTS["quiet"], seed=seed)
+            loads = [sim.load(1.4 if rng.random() < 0.25 else 1.0) for _ in range(n_loads)]
+            cfg = BenchmarkConfig(warmup=0, loads=n_loads, blocks=6, max_blocks=6, calls_per_block=10)
+            results.append(benchmark.paired(loads, sim.reference, None, cfg, clock=sim.clock)["speedup"])
+        return np.std(results)
+    one, three = spread(1), spread(3)
+    assert three < 0.75 * one, (one, three)  # 1/sqrt(3) = 0.58 in theory
+
+
 def test_bad_counts_are_refused():
     with pytest.raises(ConfigError, match="benchmark.calls_per_block=0"):
         BenchmarkConfig(calls_per_block=0)
     with pytest.raises(ConfigError, match="benchmark.blocks=20 must be >= 2 and <= benchmark.max_blocks=10"):
         BenchmarkConfig(blocks=20, max_blocks=10)
+    with pytest.raises(ConfigError, match="benchmark.loads=5 is more than benchmark.blocks=4"):
+        BenchmarkConfig(loads=5, blocks=4)
+    with pytest.raises(ConfigError, match="benchmark.loads=0"):
+        BenchmarkConfig(loads=0)
     with pytest.raises(ConfigError, match="benchmark.warmup must be >= 0"):
         BenchmarkConfig(warmup=-1)

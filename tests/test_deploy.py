@@ -62,7 +62,7 @@ def test_the_logged_model_reproduces_its_trial_on_tiny_data(tmp_path, tiny_root,
 def test_real_plates_through_load_model_the_server_and_predict(tmp_path, real_root, store, capsys):
     """A real trial (structured + NNCF int8 on OpenVINO): its model, served on 127.0.0.1, reads back
     the plates its predictions.csv holds; so does `python -m lpr_sweep.predict`."""
-    metrics, run, rows = _trial(tmp_path, store, "optimization=prune_structured_quant", "benchmark.blocks=2",
+    metrics, run, rows = _trial(tmp_path, store, "optimization=prune_structured_quant", "benchmark.loads=2", "benchmark.blocks=2",
                                 "benchmark.max_blocks=2", "benchmark.throughput_repeats=1")
     uri = run.data.tags[tracking.MODEL_TAG]
     files = [r["file"] for r in rows]

@@ -7,7 +7,8 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import cli, compose_cfg, sweep_runs
-from lpr_sweep import data, pipeline, report
+from lpr_sweep import config, data, pipeline, report
+from lpr_sweep.model_file import ModelFile
 
 pytestmark = pytest.mark.slow
 METRICS = {
@@ -119,3 +120,15 @@ def test_structured_presets_shrink_the_model_and_keep_accuracy(tmp_path, store):
     runs = {r.data.params["optimization.name"]: r for r in mlflow.search_runs(experiment_names=["lpr_sweep"], output_format="list")}
     table = mlflow.artifacts.load_text(f"{runs['prune_structured'].info.artifact_uri}/structured_channels.csv")
     assert "backbone.8.block.6,256," in table
+
+
+def test_the_benchmark_times_separate_loads_of_what_the_trial_loaded(tmp_path, monkeypatch):
+    """benchmark.loads: the trial's runtime plus fresh ones built from the same (lowered) files."""
+    built = []
+    monkeypatch.setattr(pipeline.runtime, "build", lambda cfg, mf, hw, wd: built.append((mf, wd)) or object())
+    conf = config.validate(compose_cfg(["benchmark.loads=3"]))
+    first, loaded = object(), ModelFile(None, tmp_path / "model.so")
+    trial = pipeline.Built(first, ModelFile(None, tmp_path / "model.onnx"), tmp_path / "model.onnx", 0.0, 0, loaded=loaded)
+    out = pipeline.loads(conf, trial, tmp_path)
+    assert out[0] is first and len({id(r) for r in out}) == 3
+    assert [mf for mf, _ in built] == [loaded, loaded] and len({wd for _, wd in built}) == 2
