@@ -11,12 +11,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from torch import nn
 
 import lpr_sweep.config  # noqa: F401  (registers the schema)
 from lpr_sweep import export, prune, runtime
+from lpr_sweep.compile import CompileConfig
 from lpr_sweep.hardware import HardwareConfig
 from lpr_sweep.model import LPRNet
 from lpr_sweep.model_file import ModelFile
@@ -157,3 +160,39 @@ def server(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# TVM on a one-conv model with LPRNet's input and output shapes (test_compile, test_tune).
+TVM_HW = HardwareConfig(threads=2)
+
+
+class TinyConv(nn.Module):
+    """LPRNet's input and output shapes, one conv, one pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x)).mean(dim=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    net = TinyConv().eval()
+    path = export.to_onnx(net, tmp_path_factory.mktemp("tiny") / "tiny.onnx")
+    return ModelFile(net, path)
+
+
+def tvm_cfg(tmp_path, **kw):
+    """A compile config with a two-trial budget, a private cache and no shipped records."""
+    return CompileConfig(**{"total_trials": 2, "trials_per_task": 1, "trials_per_iter": 2, "tasks": [],
+                            "cache_dir": str(tmp_path / "cache"), "records": "none", "layout": "NCHW", **kw})
+
+
+def check_tvm_matches_ort(prepared, compiled):
+    x = np.random.default_rng(0).standard_normal((3, 3, 24, 94)).astype(np.float32)
+    want = ort.InferenceSession(str(prepared.path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    got = runtime.build("tvm", compiled, TVM_HW, compiled.path.parent)(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

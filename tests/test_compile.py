@@ -1,139 +1,32 @@
-"""TVM on a tiny ONNX model with a tiny tuning budget: compile, correctness, database reuse, bad input."""
-import json
-import shutil
-from pathlib import Path
+"""TVM on a tiny ONNX model: untuned, prepacked and NHWC builds against ONNX Runtime; bad input.
+Tuning and its database: test_tune.py."""
 
-import numpy as np
-import onnxruntime as ort
 import pytest
-import torch
-import tvm
-from conftest import REPO, compose_cfg
-from torch import nn
+from conftest import TVM_HW, check_tvm_matches_ort, tvm_cfg
 
-from lpr_sweep import ConfigError, compile, config, export, pipeline, records, runtime
+from lpr_sweep import ConfigError, compile, runtime, tune
 from lpr_sweep.compile import CompileConfig
-from lpr_sweep.hardware import HardwareConfig
-from lpr_sweep.model_file import ModelFile
 
 pytestmark = pytest.mark.slow
-HW = HardwareConfig(threads=2)
-
-
-class Tiny(nn.Module):
-    """LPRNet's input and output shapes, one conv, one pool."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
-
-    def forward(self, x):
-        return torch.relu(self.conv(x)).mean(dim=2)
-
-
-@pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory):
-    torch.manual_seed(0)
-    net = Tiny().eval()
-    path = export.to_onnx(net, tmp_path_factory.mktemp("tiny") / "tiny.onnx")
-    return ModelFile(net, path)
-
-
-def _cfg(tmp_path, **kw):
-    return CompileConfig(**{"total_trials": 2, "trials_per_task": 1, "trials_per_iter": 2, "tasks": [],
-                            "cache_dir": str(tmp_path / "cache"), "records": "none", "layout": "NCHW", **kw})
-
-
-def _check_matches_ort(prepared, compiled):
-    x = np.random.default_rng(0).standard_normal((3, 3, 24, 94)).astype(np.float32)
-    want = ort.InferenceSession(str(prepared.path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    got = runtime.build("tvm", compiled, HW, compiled.path.parent)(x)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def tuned(tiny_onnx, tmp_path_factory):
-    """One real tuning run (the slowest thing here), shared: (its folder, compiled model, stats)."""
-    tmp_path = tmp_path_factory.mktemp("tuned")
-    first, stats = compile.run(tiny_onnx, _cfg(tmp_path), HW, tmp_path)
-    return tmp_path, first, stats
-
-
-def test_tuned_compile_matches_ort_and_reuses_its_database(tiny_onnx, tuned):
-    tmp_path, first, stats = tuned
-    cfg = _cfg(tmp_path)
-    assert stats["tune_db_hit"] == 0 and stats["tune_trials_run"] == 2 and stats["tune_failed_batches"] == 0
-    assert stats["tune_tasks"] == stats["tune_tasks_total"] == 2
-    _check_matches_ort(tiny_onnx, first)
-    (database,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
-    assert (database / "database_tuning_record.json").stat().st_size > 0
-    second, again = compile.run(tiny_onnx, cfg, HW, tmp_path / "again")
-    assert again == {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
-    _check_matches_ort(tiny_onnx, second)
-
-
-def test_shipped_records_seed_a_fresh_cache_without_tuning(tiny_onnx, tuned, tmp_path):
-    target = compile.target_of(_cfg(tmp_path), 2)
-    prefix = f"{compile._target_record(target)['mcpu']}-2c"
-    (tmp_path / "records").mkdir()
-    for name in (f"{prefix}-0ldgraph.jsonl", "othercpu-2c-0ldgraph.jsonl"):
-        (tmp_path / "records" / name).write_text("{}\n")
-    records.main(["ship", str(tuned[0] / "cache"), "--to", str(tmp_path / "records")])
-    (shipped,) = (tmp_path / "records").glob(f"{prefix}-*.jsonl")  # the older graph's records are replaced...
-    assert (tmp_path / "records" / "othercpu-2c-0ldgraph.jsonl").is_file()  # ...another CPU's are kept
-    header, *rows = [json.loads(line) for line in shipped.read_text().splitlines()]
-    assert shipped.name.endswith(f"c-{header['key']}.jsonl") and len(rows) == 2  # one per task: conv, mean
-    compiled, stats = compile.run(tiny_onnx, _cfg(tmp_path, records=str(tmp_path / "records")), HW, tmp_path / "out")
-    assert stats == {"tune_db_hit": 0, "tune_db_shipped": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
-    _check_matches_ort(tiny_onnx, compiled)
-    # records that miss a task are not used: the graph would silently run that task untuned
-    shipped.write_text("\n".join(shipped.read_text().splitlines()[:-1]) + "\n")
-    fused, _, _ = compile.graph(tiny_onnx.path, target, False, "NCHW")
-    missing = records.materialize(shipped, fused, target, tmp_path / "partial")
-    assert len(missing) == 1 and missing[0] in {"mean", "fused_conv2d_add_relu"}
-    shipped.write_text("{not json\n")
-    with pytest.raises(ConfigError, match=r"is not a tuning records file .*make records.*compile.records=none"):
-        compile.run(tiny_onnx, _cfg(tmp_path, records=str(tmp_path / "records"), cache_dir=str(tmp_path / "c2")), HW, tmp_path / "o2")
-
-
-def test_ship_refuses_a_folder_without_tuned_databases(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        records.main(["ship", str(tmp_path)])
-    assert "no tuned database in" in capsys.readouterr().err
 
 
 def test_untuned_prepacked_and_nhwc_builds_match_ort(tiny_onnx, tmp_path):
     for prepack, layout in ((False, "NCHW"), (True, "NCHW"), (False, "NHWC")):
         out = tmp_path / f"{prepack}{layout}"
         out.mkdir()
-        cfg = _cfg(tmp_path, total_trials=0, cpu_weight_prepack=prepack, layout=layout)
-        compiled, stats = compile.run(tiny_onnx, cfg, HW, out)
+        cfg = tvm_cfg(tmp_path, total_trials=0, cpu_weight_prepack=prepack, layout=layout)
+        compiled, stats = compile.run(tiny_onnx, cfg, TVM_HW, out)
         assert stats["tune_trials_run"] == 0
-        _check_matches_ort(tiny_onnx, compiled)
-        rt = runtime.build("tvm", compiled, HW, out)
+        check_tvm_matches_ort(tiny_onnx, compiled)
+        rt = runtime.build("tvm", compiled, TVM_HW, out)
         assert [p.suffix for p in rt.artifacts] == [".so", ".npz"][: 1 + prepack]
-
-
-def test_a_tuning_run_that_builds_nothing_raises_with_the_builders_message(tiny_onnx, tmp_path):
-    with pytest.raises(RuntimeError, match=r"TVM tuning measured nothing: 2 candidates, 0 built, none ran; builder said: \S"):
-        compile.run(tiny_onnx, _cfg(tmp_path, builder_timeout_s=0.01), HW, tmp_path)
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # no half database left behind
-
-
-def test_a_database_from_another_target_is_never_applied(tiny_onnx, tuned, tmp_path):
-    (tuned_db,) = [p for p in (tuned[0] / "cache").iterdir() if p.is_dir()]
-    database = Path(shutil.copytree(tuned_db, tmp_path / "cache" / tuned_db.name))
-    recorded = json.loads((database / compile.TARGET_FILE).read_text())
-    (database / compile.TARGET_FILE).write_text(json.dumps({**recorded, "mcpu": "cascadelake"}))
-    with pytest.raises(ConfigError, match="was tuned for target cascadelake .* never applied to another target"):
-        compile.run(tiny_onnx, _cfg(tmp_path, database=str(database)), HW, tmp_path)
 
 
 def test_an_unparsable_target_is_refused(tiny_onnx, tmp_path):
     with pytest.raises(ConfigError, match="is not a JSON target"):
-        compile.run(tiny_onnx, _cfg(tmp_path, target="llvm -mcpu=znver4"), HW, tmp_path)
+        compile.run(tiny_onnx, tvm_cfg(tmp_path, target="llvm -mcpu=znver4"), TVM_HW, tmp_path)
     with pytest.raises(ConfigError, match="TVM cannot parse it"):
-        compile.run(tiny_onnx, _cfg(tmp_path, target='{"kind": "no-such-kind"}'), HW, tmp_path)
+        compile.run(tiny_onnx, tvm_cfg(tmp_path, target='{"kind": "no-such-kind"}'), TVM_HW, tmp_path)
 
 
 @pytest.mark.parametrize("key", ["total_trials", "trials_per_task", "trials_per_iter"])
@@ -151,30 +44,6 @@ def test_nhwc_converts_the_convolutions_before_tuning(tiny_onnx):
     target = compile.target_of(CompileConfig(), 2)
     nchw, nhwc = (compile.graph(tiny_onnx.path, target, False, layout)[0] for layout in ("NCHW", "NHWC"))
     assert "transpose" not in nchw.script(show_meta=False) and "transpose" in nhwc.script(show_meta=False)
-    assert compile.key_of(nchw, target, CompileConfig()) != compile.key_of(nhwc, target, CompileConfig())
+    assert tune.key_of(nchw, target, CompileConfig()) != tune.key_of(nhwc, target, CompileConfig())
 
 
-def _tvm_presets() -> list[str]:
-    names = sorted(p.stem for p in (REPO / "conf" / "optimization").glob("*.yaml"))
-    return [n for n in names if compose_cfg([f"optimization={n}"]).runtime.name == "tvm"]
-
-
-def test_the_shipped_records_cover_every_task_of_every_tvm_presets_graph(real_root, tmp_path):
-    """The CI check on lpr_sweep/compile_records: a graph change (export, pruning, a TVM upgrade) that
-    would silently run untuned schedules fails here. Fix: `make records` on the reference CPU."""
-    shipped = sorted(records.SHIPPED.glob("*.jsonl"))
-    assert shipped, f"no shipped records in {records.SHIPPED}; run `make records`"
-    targets = {json.dumps(json.loads(f.read_text().splitlines()[0])["record_target"], sort_keys=True) for f in shipped}
-    presets = _tvm_presets()
-    assert {"mlc", "prune_mlc", "prune_structured_mlc"} <= set(presets)
-    for name in presets:
-        conf = config.validate(compose_cfg([f"optimization={name}", f"data.root={real_root}", "cache.enabled=false"]))
-        model_file, *_ = pipeline._export(conf, pipeline.weights_of(conf, real_root), conf.prune, tmp_path / name,
-                                          pipeline.Stages(name))
-        for spec in targets:
-            target = tvm.target.Target(json.loads(spec))
-            fused, _, _ = compile.graph(model_file.path, target, conf.compile.cpu_weight_prepack, conf.compile.layout)
-            key = compile.key_of(fused, target, conf.compile)
-            found = list(records.SHIPPED.glob(f"*-{key}.jsonl"))
-            assert found, f"optimization={name}: no shipped records for its graph on {spec} (key {key}); run `make records`"
-            assert records.materialize(found[0], fused, target, tmp_path / name / key) == [], f"optimization={name}"

@@ -1,0 +1,244 @@
+"""The compile stage's tuning database: MetaSchedule search, its cache, and the shipped records.
+
+The database is keyed by the graph (its structure, not its weight values), the target, the TVM
+version and the budget, and lives in a user cache: every pruning ratio shares one database, so only
+the first trial of a sweep pays for tuning. A file lock serialises trials that would tune the same
+key; a database is tuned in a temporary folder and renamed into place only when complete. Records
+shipped with the package (``compile_records/``: the best schedule of every task of this project's
+graphs, for the reference CPU) seed that cache when their key matches, so a fresh clone on that CPU
+builds tuned kernels without tuning (``lpr_sweep.records``). A database is never applied to a
+target other than the one it was tuned for.
+
+Two traps of this TVM (docs/measured.md, "TVM") are handled here: builder workers spend ~40 s
+importing TVM's tensor intrinsics (this module makes it ~6 s and keeps one worker pool for the whole
+run), and a tuning run in which no candidate built raises with the builder's message instead of
+silently measuring nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lpr_sweep import ConfigError, cache, records
+from lpr_sweep.records import TARGET_FILE
+
+if TYPE_CHECKING:
+    from lpr_sweep.compile import CompileConfig
+
+log = logging.getLogger(__name__)
+RECYCLE_AFTER = 64  # builds per builder worker before it is restarted
+
+
+def key_of(fused, target, cfg: CompileConfig) -> str:
+    import tvm
+
+    budget = [cfg.total_trials, cfg.trials_per_task, sorted(cfg.tasks), cfg.cpu_weight_prepack]
+    if cfg.task_trials:  # appended only when set, so databases tuned before it existed keep their keys
+        budget.append(sorted(cfg.task_trials.items()))
+    text = "\n".join([fused.script(show_meta=False), str(target), tvm.__version__, json.dumps(budget)])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def cache_root(cfg: CompileConfig) -> Path:
+    if cfg.cache_dir != "auto":
+        return Path(cfg.cache_dir).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lpr_sweep" / "tvm"
+
+
+@contextlib.contextmanager
+def fast_tvmscript_import():
+    """Let ``import tvm.s_tir.tensor_intrin`` take ~6 s instead of ~40 s (measured here).
+
+    Its ~250 TVMScript functions each call ``inspect.stack()``, which asks ``inspect.getmodule`` for
+    every frame; for the import machinery's frames ("<frozen importlib._bootstrap>") no module ever
+    matches, so each call scans all of ``sys.modules``. Answering None for such pseudo-files at once
+    is what the scan would conclude anyway. Both the tuning process and every builder worker import it.
+    """
+    import inspect
+
+    original = inspect.getmodule
+
+    def getmodule(obj, _filename=None):
+        if _filename is not None and _filename.startswith("<"):
+            return None
+        return original(obj, _filename)
+
+    inspect.getmodule = getmodule
+    try:
+        yield
+    finally:
+        inspect.getmodule = original
+
+
+def _builder_worker_init():
+    with fast_tvmscript_import():
+        import tvm.s_tir.tensor_intrin  # noqa: F401  (each build needs it; import it once per worker)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _progress_builder(cfg: CompileConfig, threads: int, budget: int):
+    """A MetaSchedule builder with a persistent worker pool that logs progress and keeps build errors.
+
+    TVM's LocalBuilder starts a fresh pool for every batch, and each worker's first build imports
+    TVM's tensor intrinsics (~40 s here): most of a default tuning run was that start-up. This pool
+    lives for the whole run and its workers import them the fast way; a worker is recycled after
+    ``RECYCLE_AFTER`` builds, which bounds the memory leak TVM restarts its pool for.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import (
+        _serialize_params,
+        _worker_func,
+    )
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    batches = -(-budget // cfg.trials_per_iter)
+
+    @derived_object
+    class ProgressBuilder(PyBuilder):
+        def __init__(self):
+            super().__init__()
+            self.pool = PopenPoolExecutor(max_workers=threads, timeout=cfg.builder_timeout_s,
+                                          maximum_process_uses=RECYCLE_AFTER, initializer=_builder_worker_init)
+            self.t0, self.batches, self.done, self.built, self.errors, self.dead_batches = time.perf_counter(), 0, 0, 0, [], 0
+
+        def build(self, build_inputs):
+            if not build_inputs:  # a task whose design space is spent: MetaSchedule asks again until it gives up
+                return []
+            jobs = [(None, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
+            results = []
+            for r in self.pool.map_with_error_catching(lambda job: _worker_func(*job), jobs):
+                if r.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(r.value, None))
+                elif r.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"LocalBuilder: Timeout, killed after {cfg.builder_timeout_s} seconds"))
+                else:
+                    results.append(BuilderResult(None, f"LocalBuilder: An exception occurred\n{r.value}"))
+            ok = sum(r.error_msg is None for r in results)
+            self.batches, self.done, self.built = self.batches + 1, self.done + len(results), self.built + ok
+            if results and not ok:
+                self.dead_batches += 1
+                self.errors.append(str(results[0].error_msg).strip().splitlines()[-1])
+                log.error("tune: all %d candidates of batch %d failed to build: %s", len(results), self.batches, self.errors[-1])
+            elapsed = time.perf_counter() - self.t0
+            log.info("tune: batch %d/~%d, %d/%d trials (%d built), %.0f s elapsed, ~%.0f s left", self.batches, batches,
+                     self.done, budget, self.built, elapsed, elapsed / self.done * max(budget - self.done, 0))
+            return results
+
+        def close(self):
+            self.pool.shutdown()
+
+    return ProgressBuilder()
+
+
+def search(fused, target, cfg: CompileConfig, work_dir: Path, threads: int) -> dict[str, float]:
+    """Tune ``fused`` into ``work_dir``; raise when nothing could be measured."""
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = ms.relax_integration.extract_tasks(fused, target)
+    chosen = [t for t in tasks if not cfg.tasks or any(op in t.task_name for op in cfg.tasks)]
+    groups: dict[int, list] = {}  # trials per task -> its tasks; MetaSchedule takes one cap per run
+    for task in chosen:
+        groups.setdefault(next((n for op, n in cfg.task_trials.items() if op in task.task_name), cfg.trials_per_task), []).append(task)
+    budget = min(cfg.total_trials, sum(n * len(group) for n, group in groups.items()))
+    log.info("tune: %d of %d tasks (%s), budget %d trials (%s)", len(chosen), len(tasks), ", ".join(cfg.tasks) or "all",
+             budget, ", ".join(f"{len(group)} tasks x {n}" for n, group in sorted(groups.items(), reverse=True)))
+    progress = _progress_builder(cfg, threads, budget)
+    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    runner = ms.runner.LocalRunner()
+    t0 = time.perf_counter()
+    try:
+        for n, group in sorted(groups.items(), reverse=True):  # the largest budgets (the convs) first
+            if (left := budget - progress.done) <= 0:
+                break
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(group, str(work_dir))
+            ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=min(left, n * len(group)),
+                               max_trials_per_task=n, num_trials_per_iter=cfg.trials_per_iter, builder=progress, runner=runner,
+                               database=database)
+    finally:
+        progress.close()
+    valid = [r for r in database.get_all_tuning_records() if r.run_secs and np.isfinite(float(r.run_secs[0])) and float(r.run_secs[0]) < 1e9]
+    if progress.done and not valid:
+        raise RuntimeError(
+            f"TVM tuning measured nothing: {progress.done} candidates, {progress.built} built, none ran; "
+            f"builder said: {progress.errors[0] if progress.errors else 'no error reported'}; "
+            "raise compile.builder_timeout_s or check the target"
+        )
+    return {"tune_trials_run": progress.done, "tune_seconds": time.perf_counter() - t0,
+            "tune_tasks": len(chosen), "tune_tasks_total": len(tasks), "tune_failed_batches": progress.dead_batches}
+
+
+def database(fused, target, cfg: CompileConfig, threads: int) -> tuple[Path | None, dict[str, float]]:
+    """The tuning database for this graph and target: cached, else seeded from shipped records, else tuned now."""
+    if cfg.database == "auto" and cfg.total_trials == 0:
+        return None, {"tune_db_hit": 0, "tune_trials_run": 0, "tune_seconds": 0.0}
+    if cfg.database != "auto":
+        path = Path(cfg.database).expanduser()
+        _check_target(path, target)
+        if (problem := cache.damage(path)) is not None and (path / cache.SEAL).is_file():
+            raise ConfigError(f"compile.database={path} is damaged ({problem}); restore it or use compile.database=auto")
+        return path, {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
+    root = cache_root(cfg)
+    path = root / key_of(fused, target, cfg)
+    with _locked(root / f"{path.name}.lock"):
+        if (path / cache.SEAL).is_file() and (problem := cache.damage(path)) is not None:
+            log.error("tune: database %s is damaged (%s); removed and tuned again", path, problem)
+            shutil.rmtree(path, ignore_errors=True)
+        if (path / TARGET_FILE).is_file():
+            _check_target(path, target)
+            log.info("tune: reusing database %s", path)
+            return path, {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
+        work = Path(tempfile.mkdtemp(prefix=f"{path.name}.", dir=root))
+        try:
+            stats = records.seed(records_dir(cfg), fused, target, path.name, work) or search(fused, target, cfg, work, threads)
+            (work / TARGET_FILE).write_text(json.dumps(target_record(target), sort_keys=True))
+            cache.seal(work)
+            work.rename(path)  # atomic: a reader never sees a half-written database
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return path, {"tune_db_hit": 0, **stats}
+
+
+def records_dir(cfg: CompileConfig) -> Path | None:
+    if cfg.records == "none":
+        return None
+    return records.SHIPPED if cfg.records == "auto" else Path(cfg.records).expanduser()
+
+
+def target_record(target) -> dict:
+    """The target as plain JSON values (TVM returns its own map and string types)."""
+    return json.loads(json.dumps({str(k): v for k, v in target.export().items()}, default=str))
+
+
+def _check_target(path: Path, target) -> None:
+    recorded = path / TARGET_FILE
+    if not recorded.is_file():
+        raise ConfigError(f"compile.database={path} is not a lpr_sweep tuning database (no {TARGET_FILE}); use auto")
+    want, have = target_record(target), json.loads(recorded.read_text())
+    if have != want:
+        raise ConfigError(
+            f"tuning database {path} was tuned for target {have.get('mcpu', have.get('kind'))} "
+            f"(num-cores {have.get('num-cores')}), not {want.get('mcpu', want.get('kind'))} "
+            f"(num-cores {want.get('num-cores')}); it is never applied to another target: use compile.database=auto"
+        )
