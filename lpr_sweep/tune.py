@@ -26,17 +26,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from lpr_sweep import ConfigError, cache, records
 from lpr_sweep.records import TARGET_FILE
 
-if TYPE_CHECKING:
-    from lpr_sweep.compile import CompileConfig
-
 log = logging.getLogger(__name__)
+# The functions take compile.CompileConfig as `cfg`; annotated Any, since compile imports this module.
+CompileConfig = Any
 RECYCLE_AFTER = 64  # builds per builder worker before it is restarted
 
 
