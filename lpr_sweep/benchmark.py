@@ -4,8 +4,8 @@ Timings on shared machines drift by ±50 % between processes and minutes (docs/m
 "Runtimes"), so a trial's own p50 cannot be compared with another trial's. Instead each trial times
 its deployable (B) interleaved with a reference (A: the unpruned fp32 model on ONNX Runtime with the
 same threads and input) in blocks ordered A B, B A, A B, ... so that drift and step changes hit both
-alike. Each block gives the ratio of the two medians; ``speedup`` is the median ratio over blocks,
-with a 95 % bootstrap interval over blocks. When the interval is wider than ``max_ci_width``
+alike. Each block gives the ratio of the two medians; ``speedup`` summarises them (below), with a
+95 % bootstrap interval over blocks. When the interval is wider than ``max_ci_width``
 (relative to the speed-up), more blocks are measured, up to ``max_blocks``; a trial still too wide
 is flagged ``bench_noisy=1``.
 
