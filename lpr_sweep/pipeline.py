@@ -68,6 +68,7 @@ class Built:
     sparsity: float
     params_dense: int
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)  # structured: conv -> (before, after)
+    zero_channels: dict[str, int] = field(default_factory=dict)  # prune.round_to: conv -> all-zero channels added
     finetune: finetune.Log | None = None
     guard: quant.Guard | None = None
     fp32_accuracy: float | None = None  # int8 trials: the fp32 model on the validation plates (the guard's yardstick)
@@ -111,7 +112,9 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, wo
         prune.run(net, prune_cfg)
         facts = {"sparsity": prune.sparsity(net)}  # of the pruned weights, before structured removal drops the dead ones
         facts["channels"] = prune.remove_dead_channels(net) if prune_cfg.structured else {}
-    source = cache.key("prune", cache.file_digest(weights), asdict(prune_cfg), conf.model.norm)
+    # round_to pads after the finetune, so only the export depends on it
+    weights_cfg = {k: v for k, v in asdict(prune_cfg).items() if k != "round_to"}
+    source = cache.key("prune", cache.file_digest(weights), weights_cfg, conf.model.norm)
     if finetune_cfg.enabled:
         # the teacher is the reference runtime, which depends on the device (torch on cuda)
         source = cache.key("finetune", source, asdict(finetune_cfg), calib.files, conf.hardware.device)
@@ -122,7 +125,9 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, wo
         with stages("finetune"):
             folder, facts["cache_hit_finetune"] = cache.fetch(conf.cache, "finetune", source, distil, workdir)
             facts["finetune"] = finetune.load(net, folder)
-    key = cache.key("export", source)
+    if prune_cfg.round_to > 1:
+        facts["zero_channels"] = prune.align_channels(net, prune_cfg.round_to)
+    key = cache.key("export", source, prune_cfg.round_to)
     with stages("export"):
         folder, hit = cache.fetch(conf.cache, "export", key, lambda out: export.to_onnx(net, out / "model.onnx"), workdir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +168,7 @@ def build(conf: config.Config, root: Path, calib: data.Plates, val: data.Plates,
     runner = _Runner(conf, workdir, stages)
     with stages("runtime"):
         built = Built(runner(fp32), fp32, fp32.path, facts["sparsity"], prune.params_dense(fp32.module), facts["channels"],
-                      facts.get("finetune"), lowering_stats=runner.stats, cache_hits=hits)
+                      facts.get("zero_channels", {}), facts.get("finetune"), lowering_stats=runner.stats, cache_hits=hits)
     if conf.quant.backend != "none":
         with stages("evaluate_fp32"):
             built.fp32_accuracy = evaluate.run(built.runtime, val, conf.evaluate).accuracy
@@ -273,7 +278,8 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
         metrics = {"sparsity": built.sparsity, "params_dense": built.params_dense, "macs": size.macs(built.fp32_onnx),
                    **built.lowering_stats, **built.cache_hits}
         if built.channels:
-            record.log_table([{"conv": k, "channels_before": a, "channels_after": b} for k, (a, b) in built.channels.items()],
+            record.log_table([{"conv": k, "channels_before": a, "channels_after": b, "zero_channels_added": built.zero_channels.get(k, 0)}
+                              for k, (a, b) in built.channels.items()],
                                "structured_channels.csv")
         if built.finetune:
             metrics.update(finetune_seconds=built.finetune.seconds, finetune_loss_final=built.finetune.losses[-1])

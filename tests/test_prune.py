@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lpr_sweep import ConfigError, prune
-from lpr_sweep.model import LPRNet
+from lpr_sweep.model import ChannelStridePool, LPRNet
 from lpr_sweep.prune import PruneConfig, Scope
 
 
@@ -160,3 +160,37 @@ def test_unknown_structure_is_refused():
     net.container.append(torch.nn.ReLU())
     with pytest.raises(ConfigError, match="container is not a single conv"):
         prune.remove_dead_channels(net)
+
+
+@pytest.mark.parametrize("multiple", [8, 16])
+def test_aligned_channels_are_multiples_and_leave_the_logits_unchanged(real_root, tmp_path, multiple):
+    import onnxruntime as ort
+
+    from lpr_sweep import export
+
+    _, rebuilt, report = _rebuilt(_real(real_root), 0.9)
+    aligned = _rebuilt(_real(real_root), 0.9)[1]
+    added = prune.align_channels(aligned, multiple)
+    assert sum(added.values()) > 0  # global 0.9 leaves widths such as 33 and 77
+    for name, conv in prune.conv_layers(aligned):
+        assert conv.in_channels % multiple == 0 or name == "backbone.0", name  # its inputs are B, G, R
+        if name != "container.0":  # its outputs are the classes
+            assert conv.out_channels % multiple == 0 and conv.out_channels == report[name][1] + added[name], name
+    pools = [m for m in aligned.modules() if isinstance(m, ChannelStridePool) and m.channels is not None]
+    assert pools and all(len(p.channels) % multiple == 0 for p in pools)
+    x = _plates(real_root, 32)
+    _assert_same_logits(rebuilt, aligned, x)  # zero channels add zeros (only the summation order may differ)
+    with torch.no_grad():
+        want = rebuilt(x)
+    path = export.to_onnx(aligned, tmp_path / "aligned.onnx")
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    assert abs(got - want.numpy()).max() <= 1e-4 * float(want.abs().max())
+
+
+def test_alignment_needs_a_rebuilt_model_and_a_structured_config():
+    with pytest.raises(ValueError, match="run that first"):
+        prune.align_channels(_net(), 8)
+    with pytest.raises(ConfigError, match=r"prune.round_to=8 pads the channels of a structured model; add prune.structured=true"):
+        PruneConfig(ratio=0.5, round_to=8)
+    with pytest.raises(ConfigError, match=r"prune.round_to=0 must be >= 1"):
+        PruneConfig(ratio=0.5, structured=True, round_to=0)
