@@ -2,10 +2,13 @@
 
 Every row is built first through the same code a trial uses (``pipeline.build``, so int8 rows
 pass the accuracy guard), then all rows are timed in interleaved rounds in this one process, so
-machine drift (±30 % here) hits them alike. Ratios are speed-ups: a row's p50 against the p50 of
-the ORT fp32, OpenVINO fp32 and torch eager baselines measured in the same rounds.
+machine drift (±30 % here) hits them alike. Ratios are speed-ups against the ORT fp32, OpenVINO
+fp32 and torch eager baselines: in each round, the baseline's median call over the row's; the
+median of those per-round ratios, with a 95 % bootstrap interval over the rounds. Each row is one
+load of its model (a trial times several, README "One load is one draw").
 Protocol: batch 1, ``--threads`` intra-op threads, one real scored plate as input, ``--warmup``
-untimed calls per row, then ``--rounds`` rounds of ``--calls`` timed calls each. Accuracy is on
+untimed calls per row, then ``--rounds`` rounds of ``--calls`` timed calls each, rows in the same
+order every round. p50 and p90 are over all timed calls of the row. Accuracy is on
 the scored plates only; the calibration plates (int8 calibration) and the validation plates (the
 int8 guard's decisions) are never scored. The TVM rows
 tune once per graph and target (about 20 minutes here) and reuse the database afterwards.
@@ -39,6 +42,9 @@ ROWS = {  # row name -> overrides on the default config
     "OpenVINO int8, prune global 0.5 (prune_quant)": ["optimization=prune_quant"],
     "TVM fp32, prune global 0.5 (prune_mlc)": ["optimization=prune_mlc"],
     "TVM fp32, structured global 0.8 (prune_structured_mlc)": ["optimization=prune_structured_mlc"],
+    "ORT fp32, structured global 0.9 + kd (prune_structured_kd)": ["optimization=prune_structured_kd"],
+    "ORT fp32, structured global 0.9 + kd, channels not padded": ["optimization=prune_structured_kd", "prune.round_to=1"],
+    "OpenVINO int8 (nncf), structured global 0.9 + kd (prune_structured_kd_quant)": ["optimization=prune_structured_kd_quant"],
     **{
         f"{runtime} {precision}, structured global {ratio}": [
             "prune.structured=true", f"prune.ratio={ratio}", *overrides
@@ -51,6 +57,13 @@ ROWS = {  # row name -> overrides on the default config
             ("OpenVINO", "int8 (nncf)", ["quant=nncf", "runtime=openvino"]),
         ]
     },
+    **{
+        f"{runtime} {precision}, structured global {ratio}, channels padded to 8": [
+            "prune.structured=true", f"prune.ratio={ratio}", "prune.round_to=8", *overrides
+        ]
+        for ratio in (0.8, 0.9)
+        for runtime, precision, overrides in [("ORT", "fp32", []), ("OpenVINO", "int8 (nncf)", ["quant=nncf", "runtime=openvino"])]
+    },
 }
 BASELINES = ("ORT fp32", "OpenVINO fp32", "torch eager fp32")
 
@@ -59,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lpr_sweep.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--calls", type=int, default=40, help="timed calls per row per round")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
                         help="a subset of rows (the baselines are always measured)")
@@ -79,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             for n in names:
                 times[n].append(benchmark.time_calls(built[n].runtime, x, 0, args.calls))
         stats = {n: benchmark.summarize(np.concatenate(times[n])) for n in names}
+        round_p50 = {n: np.array([np.median(t) for t in times[n]]) for n in names}
         accuracy = {n: evaluate.run(built[n].runtime, scored, confs[n].evaluate).accuracy for n in names}
 
         print(f"# make bench: {hardware.fingerprint()['hw.cpu']} ({hardware.fingerprint()['hw.isa']}), "
               f"{args.threads} threads, batch 1, {args.warmup} warm-up + {args.rounds}x{args.calls} interleaved "
-              f"timed calls per row; accuracy on {len(scored)} scored plates, drop in points against ORT fp32; "
+              f"timed calls per row; speed-ups: median of per-round ratios [95 % bootstrap over rounds]; accuracy on {len(scored)} scored plates, drop in points against ORT fp32; "
               f"int8 calibrated on {len(calib)} and guarded on {len(val)} other plates, none of them scored")
         print("| row | MACs M | p50 ms | p90 ms | vs ORT fp32 | vs OpenVINO fp32 | vs torch eager | accuracy | drop pts "
               "| int8 guard | file bytes | nonzero bytes | gzip bytes |")
@@ -91,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in names:
             b, p50 = built[n], stats[n]["latency_p50_ms"]
             sizes = size.measure(b.runtime.artifacts, b.runtime.constants())
-            ratios = " | ".join(f"{stats[base]['latency_p50_ms'] / p50:.2f}x" for base in BASELINES)
+            ratios = " | ".join("{:.2f}x [{:.2f}, {:.2f}]".format(*benchmark.interval(round_p50[base] / round_p50[n]))
+                                for base in BASELINES)
             guard = "-" if b.guard is None else f"{b.guard.row['method']}, float: {b.guard.row['keep_float']}" + ("" if b.guard.met else " (NOT met)")
             print(f"| {n} | {size.macs(b.fp32_onnx) / 1e6:.1f} | {p50:.2f} | {stats[n]['latency_p90_ms']:.2f} | {ratios} | {accuracy[n]:.4f} "
                   f"| {100 * (accuracy['ORT fp32'] - accuracy[n]):.2f} | {guard} | {sizes['size_file_bytes']} "

@@ -13,9 +13,11 @@ def test_bench_prints_one_row_each_with_ratios_to_every_baseline(capsys):
     table = [line.strip("| ").split(" | ") for line in out if line.startswith("| ") and "---" not in line][1:]
     assert [r[0] for r in table] == [*bench.BASELINES, *rows]
     by_name = {r[0]: r for r in table}
-    assert by_name["ORT fp32"][4] == "1.00x" and by_name["OpenVINO fp32"][5] == "1.00x"
-    assert by_name["torch eager fp32"][6] == "1.00x" and by_name["ORT fp32"][8] == "0.00"
+    assert by_name["ORT fp32"][4] == "1.00x [1.00, 1.00]" and by_name["OpenVINO fp32"][5] == "1.00x [1.00, 1.00]"
+    assert by_name["torch eager fp32"][6] == "1.00x [1.00, 1.00]" and by_name["ORT fp32"][8] == "0.00"
     assert by_name["OpenVINO int8 (nncf)"][9].startswith("default, float: -")
     assert float(by_name["OpenVINO int8 (nncf)"][8]) <= 1.0
     assert int(by_name["OpenVINO int8 (nncf)"][10]) < int(by_name["ORT fp32"][10])
+    est, low, high = (float(v) for v in by_name["OpenVINO int8 (nncf)"][4].replace("x", "").replace("[", "").replace("]", "").replace(",", "").split())
+    assert low <= est <= high
     assert by_name["ORT fp32"][1] == "144.4" and float(by_name["OpenVINO fp32, structured global 0.8"][1]) < 70
