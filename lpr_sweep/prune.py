@@ -4,15 +4,17 @@
 ranks all conv weights together, so layers with many small weights give up more of them.
 
 ``structured=true`` then rebuilds LPRNet without the channels pruning killed, as a smaller dense
-model with the same outputs (``remove_dead_channels``). ``round_to`` pads each conv back up to a
-multiple of that many channels with all-zero channels (``align_channels``): the same logits, but
-shapes that CPU kernels block well (ONNX Runtime ran global 0.9 1.3x faster with 8; README). A conv output channel whose remaining
+model with the same outputs (``remove_dead_channels``). A conv output channel whose remaining
 weights are all zero emits a constant (its bias through BatchNorm and ReLU). Such a channel is
 removed after its constant is folded into each consumer: into an unpadded conv's bias, or (for the
 global context) into the norm's sum of squares and a logit term divided by that norm. A channel
 that every consumer ignores (all-zero input weights) is removed with nothing to fold. A constant
 channel that feeds a padded conv is kept unless it is zero: the padding would make it non-constant
 at the borders.
+
+``round_to`` then pads each conv of the rebuilt model back up to a multiple of that many channels
+with all-zero channels (``align_channels``): the same logits, in shapes that CPU kernels block
+well (faster on ONNX Runtime, neutral on OpenVINO: README, "Channel alignment").
 """
 from __future__ import annotations
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -134,13 +136,13 @@ def test_the_run_records_the_loss_curve_and_the_plates(tmp_path, tiny_root, stor
     assert run.data.params["finetune.method"] == "kd"
 
 
-def test_channel_padding_reuses_the_distilled_weights_and_is_logged(tmp_path, tiny_root, store):
+def test_channel_padding_reuses_the_distilled_weights_and_is_logged(tmp_path, real_root, store):
     from conftest import store_config
     from mlflow import MlflowClient
 
     from lpr_sweep import pipeline, tracking
 
-    overrides = [f"data.root={tiny_root}", f"cache.dir={tmp_path}/cache", "finetune=kd", "finetune.steps=2",
+    overrides = [f"data.root={real_root}", f"cache.dir={tmp_path}/cache", "finetune=kd", "finetune.steps=2",
                  "finetune.batch_size=2", "prune.ratio=0.9", "prune.structured=true", *TINY, *store]
     plain = pipeline.run(compose_cfg(overrides), workdir=tmp_path / "w1")
     padded = pipeline.run(compose_cfg([*overrides, "prune.round_to=8"]), workdir=tmp_path / "w8")
@@ -150,6 +152,6 @@ def test_channel_padding_reuses_the_distilled_weights_and_is_logged(tmp_path, ti
     client = MlflowClient()
     runs = {r.data.params["prune.round_to"]: r for r in client.search_runs([tracking.experiment_id(store_config(store))])}
     table = client.download_artifacts(runs["8"].info.run_id, "structured_channels.csv", str(tmp_path))
-    rows = [line.split(",") for line in open(table, encoding="utf-8").read().split()[1:]]
+    rows = [line.split(",") for line in Path(table).read_text(encoding="utf-8").split()[1:]]
     assert all((int(after) + int(added)) % 8 == 0 for _, _, after, added in rows)
     assert any(int(added) > 0 for *_, added in rows)

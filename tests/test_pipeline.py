@@ -113,7 +113,8 @@ def test_structured_presets_shrink_the_model_and_keep_accuracy(tmp_path, store):
     base = pipeline.run(compose_cfg([*store, *FAST]), workdir=tmp_path / "b")
     s = pipeline.run(compose_cfg(["optimization=prune_structured", *store, *FAST]), workdir=tmp_path / "s")
     sq = pipeline.run(compose_cfg(["optimization=prune_structured_quant", *store, *FAST]), workdir=tmp_path / "sq")
-    assert base["macs"] == 144_411_264 and s["macs"] < 0.5 * base["macs"] and sq["macs"] == s["macs"]
+    # prune_structured pads its channels to multiples of 8 (zeros, counted); the OpenVINO preset does not
+    assert base["macs"] == 144_411_264 and sq["macs"] < s["macs"] < 0.5 * base["macs"]
     assert s["params_dense"] < 0.25 * base["params_dense"]
     assert 100 * (base["accuracy"] - s["accuracy"]) <= 0.5
     assert 100 * (base["accuracy"] - sq["accuracy"]) <= 1.0
