@@ -5,7 +5,7 @@ pass the accuracy guard), then all rows are timed in interleaved rounds in this 
 machine drift (±30 % here) hits them alike. Ratios are speed-ups against the ORT fp32, OpenVINO
 fp32 and torch eager baselines: in each round, the baseline's median call over the row's; the
 median of those per-round ratios, with a 95 % bootstrap interval over the rounds. Each row is one
-load of its model (a trial times several, README "One load is one draw").
+load of its model (a trial times several: docs/measured.md, "One load is one draw").
 Protocol: batch 1, ``--threads`` intra-op threads, one real scored plate as input, ``--warmup``
 untimed calls per row, then ``--rounds`` rounds of ``--calls`` timed calls each, rows in the same
 order every round. p50 and p90 are over all timed calls of the row. Accuracy is on
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"# make bench: {hardware.fingerprint()['hw.cpu']} ({hardware.fingerprint()['hw.isa']}), "
               f"{args.threads} threads, batch 1, {args.warmup} warm-up + {args.rounds}x{args.calls} interleaved "
-              f"timed calls per row; speed-ups: median of per-round ratios [95 % bootstrap over rounds]; accuracy on {len(scored)} scored plates, drop in points against ORT fp32; "
+              f"timed calls per row; speed-ups: median of per-round ratios [95 % bootstrap over rounds]; "
+              f"accuracy on {len(scored)} scored plates, drop in points against ORT fp32; "
               f"int8 calibrated on {len(calib)} and guarded on {len(val)} other plates, none of them scored")
         print("| row | MACs M | p50 ms | p90 ms | vs ORT fp32 | vs OpenVINO fp32 | vs torch eager | accuracy | drop pts "
               "| int8 guard | file bytes | nonzero bytes | gzip bytes |")

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from lpr_sweep import bench
@@ -18,6 +20,6 @@ def test_bench_prints_one_row_each_with_ratios_to_every_baseline(capsys):
     assert by_name["OpenVINO int8 (nncf)"][9].startswith("default, float: -")
     assert float(by_name["OpenVINO int8 (nncf)"][8]) <= 1.0
     assert int(by_name["OpenVINO int8 (nncf)"][10]) < int(by_name["ORT fp32"][10])
-    est, low, high = (float(v) for v in by_name["OpenVINO int8 (nncf)"][4].replace("x", "").replace("[", "").replace("]", "").replace(",", "").split())
+    est, low, high = map(float, re.fullmatch(r"([\d.]+)x \[([\d.]+), ([\d.]+)\]", by_name["OpenVINO int8 (nncf)"][4]).groups())
     assert low <= est <= high
     assert by_name["ORT fp32"][1] == "144.4" and float(by_name["OpenVINO fp32, structured global 0.8"][1]) < 70
