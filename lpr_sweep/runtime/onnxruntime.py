@@ -32,6 +32,11 @@ class OnnxRuntime:
         opts.intra_op_num_threads = hw.threads(hardware)
         opts.inter_op_num_threads = 1  # the graph is a chain: parallel branches would only contend
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle pool threads otherwise spin on after each run, taking a core from whatever runs next:
+        # in one process with other sessions (every paired benchmark) they slowed the next model by
+        # a draw that differed per load, up to 35 %; a lone session loses nothing by it
+        # (docs/measured.md, "ONNX Runtime's idle threads").
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
         self.session = ort.InferenceSession(str(model_file.path), opts, providers=[provider])
         self.input_name = self.session.get_inputs()[0].name
         self.path = model_file.path
