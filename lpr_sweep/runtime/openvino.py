@@ -36,6 +36,10 @@ class OpenVinoRuntime:
             # On CPUs with BF16/AMX the plugin would otherwise run fp32 models in bf16, which changes
             # accuracy (docs/measured.md); int8 graphs keep their int8 kernels either way.
             "INFERENCE_PRECISION_HINT": "f32",
+            # Pinned, its threads' speed against the unpinned ONNX Runtime reference varied twice as
+            # much from process to process (1.74x-2.32x against 1.78x-2.08x, same median); alone, no
+            # cost shown beyond noise (docs/measured.md, "What stays after that").
+            "ENABLE_CPU_PINNING": False,
         }
         self.request = core.compile_model(core.read_model(model_file.path), "CPU", config).create_infer_request()
         self.path = model_file.path
