@@ -9,10 +9,10 @@ graphs, for the reference CPU) seed that cache when their key matches, so a fres
 builds tuned kernels without tuning (``lpr_sweep.records``). A database is never applied to a
 target other than the one it was tuned for.
 
-Two traps of this TVM (docs/measured.md, "TVM") are handled here: builder workers spend ~40 s
+Three traps of this TVM (docs/measured.md, "TVM") are handled here: builder workers spend ~40 s
 importing TVM's tensor intrinsics (this module makes it ~6 s and keeps one worker pool for the whole
-run), and a tuning run in which no candidate built raises with the builder's message instead of
-silently measuring nothing.
+run), a tuning run in which no candidate built raises with the builder's message instead of
+silently measuring nothing, and MetaSchedule's log files outlive the run (``_close_log_files``).
 """
 from __future__ import annotations
 
@@ -177,6 +177,7 @@ def search(fused, target, cfg: CompileConfig, work_dir: Path, threads: int) -> d
                                database=database)
     finally:
         progress.close()
+        _close_log_files(work_dir)
     valid = [r for r in database.get_all_tuning_records() if r.run_secs and np.isfinite(float(r.run_secs[0])) and float(r.run_secs[0]) < 1e9]
     if progress.done and not valid:
         raise RuntimeError(
@@ -186,6 +187,23 @@ def search(fused, target, cfg: CompileConfig, work_dir: Path, threads: int) -> d
         )
     return {"tune_trials_run": progress.done, "tune_seconds": time.perf_counter() - t0,
             "tune_tasks": len(chosen), "tune_tasks_total": len(tasks), "tune_failed_batches": progress.dead_batches}
+
+
+def _close_log_files(work_dir: Path) -> None:
+    """Detach MetaSchedule's file handlers that write into ``work_dir``.
+
+    MetaSchedule leaves them on its loggers after tuning. Hydra reconfigures logging at every job
+    of a sweep, which closes them; a closed ``FileHandler`` reopens its file at the next record, and
+    by then ``work_dir`` has been renamed into the cache: the next tuning in the same process died
+    with FileNotFoundError on the old path (two graphs tuned in one ``published_table`` sweep on a
+    CPU without shipped records). Left open instead, they would append to the sealed database."""
+    folder = Path(work_dir).resolve()
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("tvm.s_tir.meta_schedule")]
+    for logger in map(logging.getLogger, names):
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve().is_relative_to(folder):
+                logger.removeHandler(handler)
+                handler.close()
 
 
 def database(fused, target, cfg: CompileConfig, threads: int) -> tuple[Path | None, dict[str, float]]:

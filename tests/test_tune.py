@@ -9,7 +9,7 @@ import pytest
 import tvm
 from conftest import REPO, TVM_HW, check_tvm_matches_ort, compose_cfg, tvm_cfg
 
-from lpr_sweep import ConfigError, compile, config, pipeline, records, tune
+from lpr_sweep import ConfigError, cache, compile, config, pipeline, records, tune
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,19 @@ def test_tuned_compile_matches_ort_and_reuses_its_database(tiny_onnx, tuned):
     second, again = compile.run(tiny_onnx, cfg, TVM_HW, tmp_path / "again")
     assert again == {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
     check_tvm_matches_ort(tiny_onnx, second)
+
+
+def test_a_second_tuning_in_the_same_process_survives_hydras_logging_reset(tiny_onnx, tuned, tmp_path):
+    """Hydra reconfigures logging at each job of a sweep, which closes MetaSchedule's log files; the
+    first tuning's handlers must not reopen the folder that was renamed into the cache."""
+    import logging.config
+
+    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})  # what Hydra does per job
+    cfg = tvm_cfg(tmp_path, layout="NHWC")  # another graph: tuned again, in this process
+    _, stats = compile.run(tiny_onnx, cfg, TVM_HW, tmp_path / "out")
+    assert stats["tune_db_hit"] == 0 and stats["tune_trials_run"] == 2
+    for database in [p for p in (tuned[0] / "cache").iterdir() if p.is_dir()]:
+        assert cache.damage(database) is None  # nothing appended to the first, sealed database
 
 
 def test_shipped_records_seed_a_fresh_cache_without_tuning(tiny_onnx, tuned, tmp_path):
