@@ -6,8 +6,8 @@ its deployable (B) interleaved with a reference (A: the unpruned fp32 model on O
 same threads and input) in blocks ordered A B, B A, A B, ... so that drift and step changes hit both
 alike. Each block gives the ratio of the two medians; ``speedup`` summarises them (below), with a
 95 % bootstrap interval over blocks. When the interval is wider than ``max_ci_width``
-(relative to the speed-up), more blocks are measured, up to ``max_blocks``; a trial still too wide
-is flagged ``bench_noisy=1``.
+(relative to the speed-up), more blocks are measured, up to ``max_seconds`` or ``max_blocks``; a
+trial still too wide is flagged ``bench_noisy=1``.
 
 Pairing cannot remove what stays fixed for a whole load of a model: on the 2-core Xeon VM an
 OpenVINO int8 model ran at either ~1.0 or ~1.4 ms for as long as it stayed loaded (one load in
