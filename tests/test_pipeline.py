@@ -116,8 +116,10 @@ def test_structured_presets_shrink_the_model_and_keep_accuracy(tmp_path, store):
     # prune_structured pads its channels to multiples of 8 (zeros, counted); the OpenVINO preset does not
     assert base["macs"] == 144_411_264 and sq["macs"] < s["macs"] < 0.5 * base["macs"]
     assert s["params_dense"] < 0.25 * base["params_dense"]
-    assert 100 * (base["accuracy"] - s["accuracy"]) <= 0.5
-    assert 100 * (base["accuracy"] - sq["accuracy"]) <= 1.0
+    # The slack absorbs float noise: on the AMD EPYC int8 loses 7 plates of 700, and 100 * (0.9071 - 0.8971)
+    # is 1.0000000000000009, not 1.
+    assert 100 * (base["accuracy"] - s["accuracy"]) <= 0.5 + 1e-9
+    assert 100 * (base["accuracy"] - sq["accuracy"]) <= 1.0 + 1e-9
     runs = {r.data.params["optimization.name"]: r for r in mlflow.search_runs(experiment_names=["lpr_sweep"], output_format="list")}
     table = mlflow.artifacts.load_text(f"{runs['prune_structured'].info.artifact_uri}/structured_channels.csv")
     assert "backbone.8.block.6,256," in table
