@@ -25,6 +25,15 @@ that followed that run did, and reported 1.69x. So the blocks go on for at least
 (10 s by default: one-second windows of that run ranged 1.34x-1.81x, ten-second windows
 1.41x-1.57x), and the bootstrap resamples runs of consecutive blocks of about a second each, since
 blocks within one spell are not independent.
+
+Pairing cannot remove either another process taking turns on the trial's cores. With a busy loop on
+one of the EPYC's two cores, the same dense model paired with itself gave 0.92x [0.82, 1.00] and
+1.07x [1.01, 1.17] in back-to-back ten-second measurements: the scheduler's turns favour one model or
+the other for seconds at a time, and the interval, which covers 1.00 on a quiet host, misses it in
+three measurements of eight (docs/measured.md, "A busy core"). So the blocks also measure how much CPU
+other processes took on this process's cores (``bench_other_cores``); above the cores the trial
+leaves free plus ``max_other_cores``, the host was busy (``bench_host_busy``) and the trial is flagged
+``bench_noisy`` whatever its interval says.
 """
 from __future__ import annotations
 
@@ -50,6 +59,7 @@ class BenchmarkConfig:
     max_seconds: float = 30.0  # the budget: seconds measured at most while the interval is too wide ...
     max_blocks: int = 2000  # ... and blocks at most (a hard cap, whatever the seconds)
     max_ci_width: float = 0.20  # (ci_high - ci_low) / speedup above this: measure more, then flag bench_noisy
+    max_other_cores: float = 0.2  # other processes' CPU on this trial's cores above this: host busy, flag bench_noisy
     loads: int = 3  # separate loads of the candidate that the blocks rotate over
     reference: str = "auto"  # the reference's runtime; auto = onnxruntime on cpu, torch on cuda
     throughput_batch: int = 32
@@ -66,8 +76,11 @@ class BenchmarkConfig:
                               "never be timed; raise benchmark.blocks or lower benchmark.loads")
         if not 0 <= self.min_seconds <= self.max_seconds:
             raise ConfigError(f"benchmark.min_seconds={self.min_seconds} must be >= 0 and <= benchmark.max_seconds={self.max_seconds}")
-        if self.warmup < 0 or self.max_ci_width <= 0:
-            raise ConfigError("benchmark.warmup must be >= 0 and benchmark.max_ci_width > 0")
+        for key in ("warmup", "max_other_cores"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"benchmark.{key}={getattr(self, key)} must be >= 0")
+        if self.max_ci_width <= 0:
+            raise ConfigError(f"benchmark.max_ci_width={self.max_ci_width} must be > 0")
 
     def reference_runtime(self, device: str) -> str:
         # This install's ONNX Runtime has no CUDA provider, so a GPU trial's reference runs in torch.
@@ -95,6 +108,35 @@ def summarize(times_ms: np.ndarray) -> dict[str, float]:
         "latency_p90_ms": float(np.percentile(times_ms, 90)),
         "latency_mean_ms": float(times_ms.mean()),
     }
+
+
+Host = Callable[[], "tuple[float, float, float] | None"]
+
+
+def host_cpu() -> tuple[float, float, float] | None:
+    """(seconds the cores this process may run on were busy, CPU seconds this process used, wall seconds),
+    from /proc/stat; None where there is none (not Linux). Steal counts as busy: the hypervisor ran
+    someone else while this process waited."""
+    try:
+        with open("/proc/stat") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    cpus, busy = os.sched_getaffinity(0), 0
+    for line in lines:
+        name, *ticks = line.split()
+        if name[3:].isdigit() and name.startswith("cpu") and int(name[3:]) in cpus:
+            t = [int(v) for v in ticks[:8]]  # user nice system idle iowait irq softirq steal
+            busy += sum(t) - t[3] - t[4]
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+
+
+def other_cores(before: tuple[float, float, float] | None, after: tuple[float, float, float] | None) -> float | None:
+    """Mean CPU other processes used on this process's cores between two ``host_cpu`` readings, in cores."""
+    if before is None or after is None or after[2] <= before[2]:
+        return None
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / (after[2] - before[2]))
 
 
 MIN_RUNS = 10  # runs of blocks per load that the bootstrap resamples, at least (fewer blocks: one each)
@@ -131,9 +173,11 @@ def interval(ratios: np.ndarray, loads: np.ndarray | None = None, seconds: float
 
 def paired(candidates: Callable[[np.ndarray], object] | Sequence[Callable[[np.ndarray], object]],
            reference: Callable[[np.ndarray], object], x: np.ndarray, cfg: BenchmarkConfig,
-           clock: Clock = time.perf_counter_ns) -> dict[str, float]:
+           clock: Clock = time.perf_counter_ns, host: Host | None = None, spare_cores: float = 0.0) -> dict[str, float]:
     """Speed-up of the candidate (one callable, or several loads of it) over ``reference`` with its
-    interval; latencies of both."""
+    interval; latencies of both. With ``host`` (``host_cpu``), also the CPU other processes took
+    meanwhile: more than ``spare_cores`` (the cores the trial's threads leave free) plus
+    ``cfg.max_other_cores`` flags the trial."""
     loads = list(candidates) if isinstance(candidates, (list, tuple)) else [candidates]
     time_calls(reference, x, cfg.warmup, 0, clock)
     for load in loads:
@@ -149,7 +193,7 @@ def paired(candidates: Callable[[np.ndarray], object] | Sequence[Callable[[np.nd
             out.append(time_calls(fn, x, 0, cfg.calls_per_block, clock))
         which.append(k)
 
-    t0 = clock()
+    t0, before = clock(), host and host()
 
     def seconds() -> float:
         return (clock() - t0) / 1e9
@@ -165,6 +209,8 @@ def paired(candidates: Callable[[np.ndarray], object] | Sequence[Callable[[np.nd
             break
         for _ in range(min(cfg.blocks, cfg.max_blocks - len(ref))):
             block()
+    others = other_cores(before, host and host())
+    busy = others is not None and others > spare_cores + cfg.max_other_cores
     ref_medians = np.array([np.median(a) for a in ref])
     p10, p50, p90 = np.percentile(ref_medians, [10, 50, 90])
     per_load = [float(np.median(ratios[np.array(which) == k])) for k in sorted(set(which))]
@@ -173,7 +219,8 @@ def paired(candidates: Callable[[np.ndarray], object] | Sequence[Callable[[np.nd
         "latency_ref_p50_ms": float(np.percentile(np.concatenate(ref), 50)),
         **summarize(np.concatenate(cand)),
         "bench_blocks": len(ref), "bench_seconds": seconds(), "bench_noise": float((p90 - p10) / p50),
-        "bench_noisy": float(wide),
+        "bench_noisy": float(wide or busy),
+        **({} if others is None else {"bench_other_cores": others, "bench_host_busy": float(busy)}),
         # how far the loads disagree: (max - min) / mean of their median ratios
         "bench_load_spread": float((max(per_load) - min(per_load)) / np.mean(per_load)),
     }
@@ -198,14 +245,17 @@ def protocol(cfg: BenchmarkConfig, reference: str) -> dict[str, str]:
         "protocol.bench_seconds_min_max": f"{cfg.min_seconds:g}-{cfg.max_seconds:g}",
         "protocol.bench_interval": "95 % bootstrap, within each load, over runs of consecutive blocks (about 1 s each), "
                                    "of the mean over loads of the median block ratio",
+        "protocol.bench_host_busy": f"flagged bench_noisy when other processes used more than the cores this trial's threads "
+                                    f"leave free + {cfg.max_other_cores:g} cores of this process's cores while it was timed",
         "protocol.loadavg_1m": f"{os.getloadavg()[0]:.2f}",
     }
 
 
 def run(loads: Sequence[Callable[[np.ndarray], object]], reference: Callable[[np.ndarray], object], plates: Plates,
-        cfg: BenchmarkConfig) -> dict[str, float]:
-    """Paired latency over ``loads`` (separate loads of one model), throughput of the first."""
-    metrics = paired(loads, reference, inputs(plates, 1), cfg)
+        cfg: BenchmarkConfig, threads: int, host: Host = host_cpu) -> dict[str, float]:
+    """Paired latency over ``loads`` (separate loads of one model) on ``threads`` threads, throughput of the first."""
+    spare = max(0, len(os.sched_getaffinity(0)) - threads)
+    metrics = paired(loads, reference, inputs(plates, 1), cfg, host=host, spare_cores=spare)
     big = time_calls(loads[0], inputs(plates, cfg.throughput_batch), min(cfg.warmup, 3), cfg.throughput_repeats)
     metrics["throughput_ips"] = cfg.throughput_batch / (float(np.median(big)) / 1e3)
     return metrics

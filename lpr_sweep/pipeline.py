@@ -300,8 +300,11 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
                 metrics["accuracy_fp32"] = evaluate.run(built.fp32_runtime, scored, conf.evaluate).accuracy
                 metrics["accuracy_drop_pts"] = 100 * (metrics["accuracy_fp32"] - result.accuracy)
         with stages("benchmark"):
-            metrics.update(benchmark.run(loads(conf, built, workdir), ref, scored, conf.benchmark))
-        if metrics["bench_noisy"]:
+            metrics.update(benchmark.run(loads(conf, built, workdir), ref, scored, conf.benchmark, hardware.threads(conf.hardware)))
+        if metrics.get("bench_host_busy"):
+            log.warning("[%s] other processes used %.2f cores of this trial's while it was timed: flagged bench_noisy; its "
+                        "ranking is uncertain (rerun it on a quiet host)", name, metrics["bench_other_cores"])
+        elif metrics["bench_noisy"]:
             log.warning("[%s] speed-up interval [%.2f, %.2f] is wider than benchmark.max_ci_width after %d blocks: "
                         "flagged bench_noisy; its ranking is uncertain", name, metrics["speedup_ci_low"],
                         metrics["speedup_ci_high"], metrics["bench_blocks"])

@@ -126,7 +126,8 @@ def markdown(sweep: Sweep, rule: Rule, champion: Trial | None, front: list[Trial
 
     done = [t for t in sweep.trials if t.finished]
     p = (champion or (done or sweep.trials)[0]).params
-    noisy = [t.name for t in done if t.noisy]
+    noisy = [t.name + (f" (other processes took {t.metrics['bench_other_cores']:.2f} cores)" if t.metrics.get("bench_host_busy")
+                       else " (interval too wide)") for t in done if t.noisy]
     out = [
         f"# Sweep {sweep.parent_id}",
         "",
@@ -143,7 +144,9 @@ def markdown(sweep: Sweep, rule: Rule, champion: Trial | None, front: list[Trial
         f"{p.get('protocol.threads', '?')} threads); speed-up = mean over loads of the median per-block ratio, with a 95 % "
         "bootstrap interval. "
         "p50 is shown beside the reference's p50 of the same trial; p50s of different trials are not comparable.",
-        "- Noisy trials (interval still wider than benchmark.max_ci_width; their ranking is uncertain): "
+        "- Noisy trials (interval still wider than benchmark.max_ci_width, or other processes took the trial's cores while "
+        "it was timed, beyond benchmark.max_other_cores; their speed ranks with no other trial's, and one is champion "
+        "only when every admitted trial is noisy; rerun them on a quiet host): "
         + (", ".join(noisy) if noisy else "none"),
         f"- Accuracy: on {p.get('protocol.n_scored', '?')} scored plates, with a 95 % Wilson interval; drop = points lost against "
         "the reference on the same plates, with a 95 % bootstrap interval over plates, `(noise)` when it contains 0; "

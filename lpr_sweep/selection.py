@@ -5,6 +5,9 @@ What decides, and why:
   in the trial's own process (``benchmark.paired``), with its 95 % interval. One trial is faster
   than another only when their intervals do not overlap; otherwise they are tied on speed.
   Latencies of trials timed apart drift too much to rank (docs/measured.md, "Runtimes").
+  A trial flagged ``bench_noisy`` (its interval stayed too wide, or other processes took its cores
+  while it was timed, when its interval is not to be trusted) is tied on speed with every trial,
+  and the champion comes from the trials not flagged whenever one is admitted.
 - **Accuracy** for decisions is ``val_accuracy``, on the validation plates; the scored plates only
   report. A trial without validation plates (``data.val_size=0``) cannot take part in a decision.
 - Within noise, ties go to accuracy (judged by the upper end of the validation drop's interval, so a
@@ -48,8 +51,8 @@ class Trial:
 
 
 def faster(a: Trial, b: Trial) -> bool:
-    """``a`` is faster than ``b`` beyond noise: its interval lies wholly above ``b``'s."""
-    return a.speed[0] > b.speed[2]
+    """``a`` is faster than ``b`` beyond noise: its interval lies wholly above ``b``'s, and neither is flagged."""
+    return not a.noisy and not b.noisy and a.speed[0] > b.speed[2]
 
 
 def tied_on_speed(a: Trial, b: Trial) -> bool:
@@ -129,13 +132,15 @@ class Rule:
 
 def best(trials: list[Trial], objective: str = "latency") -> Trial | None:
     """The tie rule over ``trials``: the fastest group (everything tied on speed with the point-fastest),
-    then the tie order; with ``accuracy``, the most accurate group first, then the same."""
+    then the tie order; with ``accuracy``, the most accurate group first, then the same. Trials flagged
+    noisy take part only when every candidate is: then all are tied on speed and the tie order decides."""
     pool = list(trials)
     if not pool:
         return None
     if objective == "accuracy":
         top = max(t.metrics["val_accuracy"] for t in pool)
         pool = [t for t in pool if t.metrics["val_accuracy"] == top]
+    pool = [t for t in pool if not t.noisy] or pool
     # Everything not beaten on speed by any other candidate: a trial slower than some other beyond
     # noise drops out; the survivors are tied on speed, and the tie order decides among them.
     unbeaten = [t for t in pool if not any(faster(o, t) for o in pool)]

@@ -24,10 +24,10 @@ def _plates(n=2):
 def test_run_pairs_latency_at_batch_one_and_times_throughput_at_the_stated_batch():
     seen = []
     cfg = BenchmarkConfig(warmup=1, loads=1, blocks=2, calls_per_block=3, max_blocks=2, throughput_batch=5, throughput_repeats=2)
-    metrics = benchmark.run([lambda x: seen.append(("b", len(x)))], lambda x: seen.append(("a", len(x))), _plates(), cfg)
+    metrics = benchmark.run([lambda x: seen.append(("b", len(x)))], lambda x: seen.append(("a", len(x))), _plates(), cfg, 1)
     assert {"speedup", "speedup_ci_low", "speedup_ci_high", "latency_ref_p50_ms", "latency_p50_ms", "latency_p90_ms",
             "latency_mean_ms", "bench_blocks", "bench_seconds", "bench_noise", "bench_noisy", "bench_load_spread",
-            "throughput_ips"} == set(metrics)
+            "bench_other_cores", "bench_host_busy", "throughput_ips"} == set(metrics)
     assert seen.count(("a", 1)) == seen.count(("b", 1)) == 1 + 2 * 3 and seen.count(("b", 5)) == 3
     assert metrics["throughput_ips"] > 0
 
@@ -212,7 +212,42 @@ def test_bad_counts_are_refused():
         BenchmarkConfig(loads=5, blocks=4)
     with pytest.raises(ConfigError, match="benchmark.loads=0"):
         BenchmarkConfig(loads=0)
-    with pytest.raises(ConfigError, match="benchmark.warmup must be >= 0"):
+    with pytest.raises(ConfigError, match="benchmark.warmup=-1 must be >= 0"):
         BenchmarkConfig(warmup=-1)
+    with pytest.raises(ConfigError, match="benchmark.max_other_cores=-0.1 must be >= 0"):
+        BenchmarkConfig(max_other_cores=-0.1)
     with pytest.raises(ConfigError, match="benchmark.min_seconds=40 must be >= 0 and <= benchmark.max_seconds=30"):
         BenchmarkConfig(min_seconds=40)
+
+
+class Host:
+    """/proc/stat as a script: each reading adds ``others`` cores of other processes' CPU over one second."""
+
+    def __init__(self, others):
+        self.others, self.t = others, 0.0
+
+    def __call__(self):
+        self.t += 1.0
+        return self.others * self.t + 0.5 * self.t, 0.5 * self.t, self.t  # this process: half a core
+
+
+@pytest.mark.parametrize("others, spare, flagged", [(0.0, 0, False), (0.1, 0, False), (0.8, 0, True), (0.8, 1, False),
+                                                    (1.5, 1, True)])
+def test_other_processes_on_the_trials_cores_flag_it_whatever_its_interval(others, spare, flagged):
+    quiet = SimulatedMachine(2.0, 2.0, *DRIFTS["quiet"])
+    cfg = BenchmarkConfig(blocks=4, max_blocks=12, min_seconds=0)
+    m = benchmark.paired(quiet.candidate, quiet.reference, None, cfg, clock=quiet.clock, host=Host(others), spare_cores=spare)
+    assert m["bench_other_cores"] == pytest.approx(others)
+    assert m["bench_host_busy"] == m["bench_noisy"] == float(flagged)
+    assert m["speedup_ci_high"] - m["speedup_ci_low"] < 0.2 * m["speedup"]  # flagged for the host, not the interval
+
+
+def test_host_cpu_reads_this_machine_and_counts_a_busy_process():
+    import subprocess
+    import sys
+    before = benchmark.host_cpu()
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"])
+    busy.wait()
+    others = benchmark.other_cores(before, benchmark.host_cpu())
+    assert others is not None and others > 0.5  # a child spinning for 1.5 s of ~1.6 s is another process here
+    assert benchmark.other_cores(None, before) is None

@@ -25,7 +25,9 @@ def test_markdown_shows_failed_runs_intervals_noise_and_published_numbers():
     failed = Trial("g", "g", "FAILED", {}, {}, "RuntimeError: boom")
     pruned = _t("p", 0.8, 2.0, half=0.5, **{"optimization.name": "prune"})
     pruned.metrics["bench_noisy"] = 1.0
-    sweep = report.Sweep("parent", None, [BASE, pruned, failed])
+    busy = _t("busy", 0.8, 2.0, **{"optimization.name": "prune"})
+    busy.metrics.update(bench_noisy=1.0, bench_host_busy=1.0, bench_other_cores=0.83)
+    sweep = report.Sweep("parent", None, [BASE, pruned, failed, busy])
     text = report.markdown(sweep, Rule("accuracy"), BASE, report.pareto(sweep.trials), "base")
     rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| ")}
     assert "FAILED: RuntimeError: boom" in rows["g"]
@@ -33,7 +35,7 @@ def test_markdown_shows_failed_runs_intervals_noise_and_published_numbers():
     assert "| 0.00 [-1.00, 1.00] (noise) |" in rows["base"]  # a drop whose interval holds 0 is named noise
     assert "| 10.00 [9.00, 11.00] |" in rows["p"] and "| 2.00x [1.50, 2.50] noisy |" in rows["p"]
     assert "| 2.00 / 4.00 |" in rows["p"] and "| +1 / -3 |" in rows["p"] and "82.3 % · 143 ms · 0.71 MB" in rows["p"]
-    assert "Noisy trials (interval still wider than benchmark.max_ci_width; their ranking is uncertain): p" in text
+    assert "rerun them on a quiet host): p (interval too wide), busy (other processes took 0.83 cores)" in text
     assert "[1] accuracy · latency · size as published by the original course report" in text
 
 

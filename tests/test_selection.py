@@ -117,3 +117,26 @@ def test_accuracy_is_judged_pessimistically_within_noise():
     identical, lucky = _t("identical", 0.855, 2.6, nonzero=9e5), _t("lucky", 0.860, 2.65, nonzero=2e5, drop=-0.5)
     identical.metrics["val_drop_pts_ci_high"], lucky.metrics["val_drop_pts_ci_high"] = 0.0, 2.5
     assert best([identical, lucky]).name == "identical"
+
+
+def _flagged(t):
+    t.metrics["bench_noisy"] = 1.0
+    return t
+
+
+def test_a_flagged_trial_is_tied_on_speed_and_never_beats_a_clean_one():
+    """Measured with one core busy, the same dense model paired with itself gave 0.92x [0.82, 1.00] and
+    1.07x [1.01, 1.17]: intervals a flag marks as untrustworthy must not decide."""
+    lucky, clean = _flagged(_t("lucky", 0.89, 1.09, half=0.08)), _t("clean", 0.90, 1.0, half=0.02)
+    assert not faster(lucky, clean) and not faster(clean, lucky)
+    assert best([lucky, clean]).name == "clean"
+    fast_flagged = _flagged(_t("fast", 0.90, 3.0))  # even when it would win on every count, a clean trial is chosen
+    assert best([fast_flagged, clean]).name == "clean"
+
+
+def test_when_every_trial_is_flagged_the_tie_order_decides():
+    # the busy-core sweep: every trial flagged; the spurious "faster" one is less accurate
+    trials = [_flagged(_t("fast", 0.895, 1.07, half=0.08)), _flagged(_t("slow", 0.90, 0.92, half=0.09, size=0.9e6)),
+              _flagged(_t("mid", 0.90, 0.99, half=0.08))]
+    assert best(trials).name == "slow"  # tied on speed: accuracy, then the smaller file
+    assert select(trials, Rule("latency", max_drop_pts=0.0)).name == "slow"
