@@ -113,7 +113,7 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, wo
         facts = {"sparsity": prune.sparsity(net)}  # of the pruned weights, before structured removal drops the dead ones
         facts["channels"] = prune.remove_dead_channels(net) if prune_cfg.structured else {}
     # round_to pads after the finetune, so only the export depends on it
-    weights_cfg = {k: v for k, v in asdict(prune_cfg).items() if k != "round_to"}
+    weights_cfg = {k: v for k, v in asdict(prune_cfg).items() if k not in ("round_to", "pool_round_to")}
     source = cache.key("prune", cache.file_digest(weights), weights_cfg, conf.model.norm)
     if finetune_cfg.enabled:
         # the teacher is the reference runtime, which depends on the device (torch on cuda)
@@ -125,9 +125,9 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, wo
         with stages("finetune"):
             folder, facts["cache_hit_finetune"] = cache.fetch(conf.cache, "finetune", source, distil, workdir)
             facts["finetune"] = finetune.load(net, folder)
-    if prune_cfg.round_to > 1:
-        facts["zero_channels"] = prune.align_channels(net, prune_cfg.round_to)
-    key = cache.key("export", source, prune_cfg.round_to)
+    if prune_cfg.round_to > 1 or prune_cfg.pools_to > 1:
+        facts["zero_channels"] = prune.align_channels(net, prune_cfg.round_to, prune_cfg.pools_to)
+    key = cache.key("export", source, prune_cfg.round_to, prune_cfg.pools_to)
     with stages("export"):
         folder, hit = cache.fetch(conf.cache, "export", key, lambda out: export.to_onnx(net, out / "model.onnx"), workdir)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -37,15 +37,24 @@ class PruneConfig:
     scope: Scope = Scope["global"]
     structured: bool = False  # rebuild the model without the channels the pruning killed
     round_to: int = 1  # structured: pad each conv's channels with zero channels to a multiple of this
+    pool_round_to: int = 0  # structured: pad what each channel-selecting pool passes on to a multiple of this; 0 = round_to
 
     def __post_init__(self):
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"prune.ratio={self.ratio} is outside [0, 1); use e.g. prune.ratio=0.5")
         if self.round_to < 1:
             raise ConfigError(f"prune.round_to={self.round_to} must be >= 1; use prune.round_to=1 (no padding) or 8")
-        if self.round_to > 1 and not self.structured:
-            raise ConfigError(f"prune.round_to={self.round_to} pads the channels of a structured model; "
-                              "add prune.structured=true or use prune.round_to=1")
+        if self.pool_round_to < 0:
+            raise ConfigError(f"prune.pool_round_to={self.pool_round_to} must be >= 0; use 0 (as prune.round_to) or e.g. 32")
+        for key in ("round_to", "pool_round_to"):
+            if getattr(self, key) > 1 and not self.structured:
+                raise ConfigError(f"prune.{key}={getattr(self, key)} pads the channels of a structured model; "
+                                  f"add prune.structured=true or use prune.{key}={int(key == 'round_to')}")
+
+    @property
+    def pools_to(self) -> int:
+        """The multiple each channel-selecting pool is padded to."""
+        return self.pool_round_to or self.round_to
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -218,9 +227,10 @@ def remove_dead_channels(model: LPRNet) -> dict[str, tuple[int, int]]:
 
 
 @torch.no_grad()
-def align_channels(model: LPRNet, multiple: int) -> dict[str, int]:
-    """Pad a rebuilt ``model`` in place so that every conv's output channels, and the channels each
-    channel-selecting pool passes on, are multiples of ``multiple``; return {conv: zero channels added}.
+def align_channels(model: LPRNet, multiple: int, pool_multiple: int = 0) -> dict[str, int]:
+    """Pad a rebuilt ``model`` in place so that every conv's output channels are multiples of
+    ``multiple``, and the channels each channel-selecting pool passes on multiples of ``pool_multiple``
+    (default: ``multiple``); return {conv: zero channels added}.
 
     A padded channel has zero weights, zero bias and an identity BatchNorm, so it emits exactly 0: its
     readers get zero weight columns for it, and the global context's norm (a sum of squares over a
@@ -243,7 +253,7 @@ def align_channels(model: LPRNet, multiple: int) -> dict[str, int]:
                 _pad_conv(modules[reader], inp=extra)
             elif kind == "pool":
                 selected = modules[pool].channels
-                fill = -len(selected) % multiple
+                fill = -len(selected) % (pool_multiple or multiple)
                 spare = list(range(width, width + extra))[:fill]
                 modules[pool].channels = torch.cat([selected, torch.tensor(spare + [0] * (fill - len(spare)), dtype=torch.long)])
                 _pad_conv(modules[reader], inp=fill)

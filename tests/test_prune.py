@@ -162,22 +162,22 @@ def test_unknown_structure_is_refused():
         prune.remove_dead_channels(net)
 
 
-@pytest.mark.parametrize("multiple", [8, 16])
-def test_aligned_channels_are_multiples_and_leave_the_logits_unchanged(real_root, tmp_path, multiple):
+@pytest.mark.parametrize("multiple, pool_multiple", [(8, 0), (16, 0), (8, 32)])
+def test_aligned_channels_are_multiples_and_leave_the_logits_unchanged(real_root, tmp_path, multiple, pool_multiple):
     import onnxruntime as ort
 
     from lpr_sweep import export
 
     _, rebuilt, report = _rebuilt(_real(real_root), 0.9)
     aligned = _rebuilt(_real(real_root), 0.9)[1]
-    added = prune.align_channels(aligned, multiple)
+    added = prune.align_channels(aligned, multiple, pool_multiple)
     assert sum(added.values()) > 0  # global 0.9 leaves widths such as 33 and 77
     for name, conv in prune.conv_layers(aligned):
         assert conv.in_channels % multiple == 0 or name == "backbone.0", name  # its inputs are B, G, R
         if name != "container.0":  # its outputs are the classes
             assert conv.out_channels % multiple == 0 and conv.out_channels == report[name][1] + added[name], name
     pools = [m for m in aligned.modules() if isinstance(m, ChannelStridePool) and m.channels is not None]
-    assert pools and all(len(p.channels) % multiple == 0 for p in pools)
+    assert pools and all(len(p.channels) % (pool_multiple or multiple) == 0 for p in pools)
     x = _plates(real_root, 32)
     _assert_same_logits(rebuilt, aligned, x)  # zero channels add zeros (only the summation order may differ)
     with torch.no_grad():
@@ -194,3 +194,8 @@ def test_alignment_needs_a_rebuilt_model_and_a_structured_config():
         PruneConfig(ratio=0.5, round_to=8)
     with pytest.raises(ConfigError, match=r"prune.round_to=0 must be >= 1"):
         PruneConfig(ratio=0.5, structured=True, round_to=0)
+    with pytest.raises(ConfigError, match=r"prune.pool_round_to=32 pads the channels of a structured model; .* prune.pool_round_to=0"):
+        PruneConfig(ratio=0.5, pool_round_to=32)
+    with pytest.raises(ConfigError, match=r"prune.pool_round_to=-1 must be >= 0"):
+        PruneConfig(ratio=0.5, structured=True, pool_round_to=-1)
+    assert PruneConfig(structured=True, round_to=8).pools_to == 8 and PruneConfig(structured=True, round_to=8, pool_round_to=32).pools_to == 32
