@@ -14,7 +14,9 @@ at the borders.
 
 ``round_to`` then pads each conv of the rebuilt model back up to a multiple of that many channels
 with all-zero channels (``align_channels``): the same logits, in shapes that CPU kernels block
-well (faster on ONNX Runtime, neutral on OpenVINO: README, "Channel alignment").
+well (faster on ONNX Runtime; neutral on OpenVINO on AVX-512). ``pool_round_to`` pads what each
+channel-selecting max-pool passes on apart from that: OpenVINO's int8 max-pool on AVX2 runs about
+ten times slower off multiples of 32 channels (README, "Channel alignment").
 """
 from __future__ import annotations
 
