@@ -6,8 +6,8 @@ What decides, and why:
   than another only when their intervals do not overlap; otherwise they are tied on speed.
   Latencies of trials timed apart drift too much to rank (docs/measured.md, "Runtimes").
   A trial flagged ``bench_noisy`` (its interval stayed too wide, or other processes took its cores
-  while it was timed, when its interval is not to be trusted) is tied on speed with every trial,
-  and the champion comes from the trials not flagged whenever one is admitted.
+  while it was timed: either way its interval is not to be trusted) is tied on speed with every
+  trial, and the champion comes from the trials not flagged whenever one is admitted.
 - **Accuracy** for decisions is ``val_accuracy``, on the validation plates; the scored plates only
   report. A trial without validation plates (``data.val_size=0``) cannot take part in a decision.
 - Within noise, ties go to accuracy (judged by the upper end of the validation drop's interval, so a
