@@ -45,7 +45,10 @@ ROWS = {  # row name -> overrides on the default config
     "ORT fp32, structured global 0.9 + kd (prune_structured_kd)": ["optimization=prune_structured_kd"],
     "ORT fp32, structured global 0.9 + kd, channels not padded": ["optimization=prune_structured_kd", "prune.round_to=1"],
     "OpenVINO int8 (nncf), structured global 0.9 + kd (prune_structured_kd_quant)": ["optimization=prune_structured_kd_quant"],
-    "OpenVINO int8 (nncf), structured global 0.9 + kd, channels padded to 8": ["optimization=prune_structured_kd_quant", "prune.round_to=8"],
+    "OpenVINO int8 (nncf), structured global 0.9 + kd, channels and pools padded to 8": [
+        "optimization=prune_structured_kd_quant", "prune.pool_round_to=0"],  # the preset pads its pools to 32
+    "OpenVINO int8 (nncf), structured global 0.9 + kd, not padded": [
+        "optimization=prune_structured_kd_quant", "prune.round_to=1", "prune.pool_round_to=0"],
     **{
         f"{runtime} {precision}, structured global {ratio}": [
             "prune.structured=true", f"prune.ratio={ratio}", *overrides
