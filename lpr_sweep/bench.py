@@ -41,14 +41,20 @@ ROWS = {  # row name -> overrides on the default config
     "ORT int8, prune global 0.5": ["optimization=prune", "quant=ort_static"],
     "OpenVINO int8, prune global 0.5 (prune_quant)": ["optimization=prune_quant"],
     "TVM fp32, prune global 0.5 (prune_mlc)": ["optimization=prune_mlc"],
+    "ORT fp32, structured global 0.8 (prune_structured)": ["optimization=prune_structured"],
+    "OpenVINO int8 (nncf), structured global 0.8 (prune_structured_quant)": ["optimization=prune_structured_quant"],
     "TVM fp32, structured global 0.8 (prune_structured_mlc)": ["optimization=prune_structured_mlc"],
     "ORT fp32, structured global 0.9 + kd (prune_structured_kd)": ["optimization=prune_structured_kd"],
-    "ORT fp32, structured global 0.9 + kd, channels not padded": ["optimization=prune_structured_kd", "prune.round_to=1"],
+    "ORT fp32, structured global 0.9 + kd, pools gather": ["optimization=prune_structured_kd", "prune.slice_pools=false"],
+    "ORT fp32, structured global 0.9 + kd, channels not padded, pools gather": [
+        "optimization=prune_structured_kd", "prune.round_to=1", "prune.slice_pools=false"],
     "OpenVINO int8 (nncf), structured global 0.9 + kd (prune_structured_kd_quant)": ["optimization=prune_structured_kd_quant"],
-    "OpenVINO int8 (nncf), structured global 0.9 + kd, channels and pools padded to 8": [
-        "optimization=prune_structured_kd_quant", "prune.pool_round_to=0"],  # the preset pads its pools to 32
-    "OpenVINO int8 (nncf), structured global 0.9 + kd, not padded": [
-        "optimization=prune_structured_kd_quant", "prune.round_to=1", "prune.pool_round_to=0"],
+    "OpenVINO int8 (nncf), structured global 0.9 + kd, pools gather": [  # the preset slices them
+        "optimization=prune_structured_kd_quant", "prune.slice_pools=false"],
+    "OpenVINO int8 (nncf), structured global 0.9 + kd, channels and pools padded to 8, pools gather": [
+        "optimization=prune_structured_kd_quant", "prune.pool_round_to=0", "prune.slice_pools=false"],  # the preset pads its pools to 32
+    "OpenVINO int8 (nncf), structured global 0.9 + kd, not padded, pools gather": [
+        "optimization=prune_structured_kd_quant", "prune.round_to=1", "prune.pool_round_to=0", "prune.slice_pools=false"],
     **{
         f"{runtime} {precision}, structured global {ratio}": [
             "prune.structured=true", f"prune.ratio={ratio}", *overrides

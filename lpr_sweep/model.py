@@ -42,7 +42,8 @@ class ChannelStridePool(nn.Module):
     """Keep every ``channel_stride``-th channel, then 3x3 max-pool with stride (1, ``w_stride``).
 
     Structured pruning replaces the stride by the explicit ``channels`` that survive, so that the
-    channels kept are still the ones the original model used.
+    channels kept are still the ones the original model used; ``prune.slice_pools`` then reorders the
+    producer so that they come first, and ``first`` keeps that prefix (a Split, not a Gather, in ONNX).
     """
 
     def __init__(self, channel_stride: int, w_stride: int):
@@ -50,9 +51,13 @@ class ChannelStridePool(nn.Module):
         self.channel_stride = channel_stride
         self.pool = nn.MaxPool2d(3, stride=(1, w_stride))
         self.register_buffer("channels", None, persistent=False)
+        self.first = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels is not None:
+        if self.first:
+            if self.first < x.shape[1]:  # a Split: NNCF quantizes across it, and not across a Slice
+                x = x.split([self.first, x.shape[1] - self.first], dim=1)[0]
+        elif self.channels is not None:
             x = x.index_select(1, self.channels)
         elif self.channel_stride > 1:
             x = x[:, :: self.channel_stride]

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import collections
 import logging
 import shutil
 import tempfile
@@ -112,8 +113,8 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, wo
         prune.run(net, prune_cfg)
         facts = {"sparsity": prune.sparsity(net)}  # of the pruned weights, before structured removal drops the dead ones
         facts["channels"] = prune.remove_dead_channels(net) if prune_cfg.structured else {}
-    # round_to pads after the finetune, so only the export depends on it
-    weights_cfg = {k: v for k, v in asdict(prune_cfg).items() if k not in ("round_to", "pool_round_to")}
+    # round_to, pool_round_to and slice_pools reshape after the finetune, so only the export depends on them
+    weights_cfg = {k: v for k, v in asdict(prune_cfg).items() if k not in ("round_to", "pool_round_to", "slice_pools")}
     source = cache.key("prune", cache.file_digest(weights), weights_cfg, conf.model.norm)
     if finetune_cfg.enabled:
         # the teacher is the reference runtime, which depends on the device (torch on cuda)
@@ -125,9 +126,12 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, wo
         with stages("finetune"):
             folder, facts["cache_hit_finetune"] = cache.fetch(conf.cache, "finetune", source, distil, workdir)
             facts["finetune"] = finetune.load(net, folder)
-    if prune_cfg.round_to > 1 or prune_cfg.pools_to > 1:
-        facts["zero_channels"] = prune.align_channels(net, prune_cfg.round_to, prune_cfg.pools_to)
-    key = cache.key("export", source, prune_cfg.round_to, prune_cfg.pools_to)
+    zero = prune.align_channels(net, prune_cfg.round_to, prune_cfg.pools_to) if prune_cfg.round_to > 1 or prune_cfg.pools_to > 1 else {}
+    if prune_cfg.slice_pools:
+        zero = collections.Counter(zero) + collections.Counter(prune.slice_pools(net, prune_cfg.round_to))
+    if zero:
+        facts["zero_channels"] = dict(zero)
+    key = cache.key("export", source, prune_cfg.round_to, prune_cfg.pools_to, prune_cfg.slice_pools)
     with stages("export"):
         folder, hit = cache.fetch(conf.cache, "export", key, lambda out: export.to_onnx(net, out / "model.onnx"), workdir)
         workdir.mkdir(parents=True, exist_ok=True)

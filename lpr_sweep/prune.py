@@ -40,6 +40,7 @@ class PruneConfig:
     structured: bool = False  # rebuild the model without the channels the pruning killed
     round_to: int = 1  # structured: pad each conv's channels with zero channels to a multiple of this
     pool_round_to: int = 0  # structured: pad what each channel-selecting pool passes on to a multiple of this; 0 = round_to
+    slice_pools: bool = False  # structured: order each pool's producer so the pool slices a prefix instead of gathering
 
     def __post_init__(self):
         if not 0.0 <= self.ratio < 1.0:
@@ -52,6 +53,9 @@ class PruneConfig:
             if getattr(self, key) > 1 and not self.structured:
                 raise ConfigError(f"prune.{key}={getattr(self, key)} pads the channels of a structured model; "
                                   f"add prune.structured=true or use prune.{key}={int(key == 'round_to')}")
+        if self.slice_pools and not self.structured:
+            raise ConfigError("prune.slice_pools=true reorders the channels of a structured model; "
+                              "add prune.structured=true or use prune.slice_pools=false")
 
     @property
     def pools_to(self) -> int:
@@ -268,6 +272,61 @@ def align_channels(model: LPRNet, multiple: int, pool_multiple: int = 0) -> dict
         columns += [container.weight[:, start : start + width], container.weight.new_zeros(container.out_channels, extra, 1, 1)]
         start += width
     _pad_conv(container, weight=torch.cat(columns, dim=1))
+    return added
+
+
+@torch.no_grad()
+def slice_pools(model: LPRNet, multiple: int = 1) -> dict[str, int]:
+    """Reorder each pool's producer in place so that the channels the pool passes on come first, in
+    the pool's order, and let the pool keep that prefix; return {conv: zero channels added}. A
+    producer that grows is padded on to a multiple of ``multiple``.
+
+    A Gather over channels makes OpenVINO and ONNX Runtime convert the tensor to a plain layout and
+    back around it; a prefix is a Slice. A channel that a pool passes on again (padding, read through
+    zero weights) is replaced by one the pool skips, or by a new zero channel once none is left. The logits stay the same: the readers' weights follow the order, and the
+    global context's norm divides by a fixed count once ``remove_dead_channels`` has run.
+    """
+    if model.folded_count is None:
+        raise ValueError("slice_pools reorders a model rebuilt by remove_dead_channels; run that first")
+    modules = dict(model.named_modules())
+    container = model.container[0]
+    offsets = _context_offsets(model)
+    contexts = [container.weight[:, a:b] for a, b in zip(offsets, offsets[1:] + [container.in_channels])]
+    added = {}
+    for name, bn_name, consumers in _FLOW:
+        pools = [modules[pool] for kind, pool, _ in consumers if kind == "pool"]
+        if not pools:
+            continue
+        conv, (pool,) = modules[name], pools
+        passed = pool.channels.tolist()
+        spare = [c for c in range(conv.out_channels) if c not in passed]
+        seen, order, extra = set(), [], 0
+        for c in passed:  # a repeat is read through zero weights: any channel the pool skips can stand in
+            if c in seen:
+                c = spare.pop(0) if spare else conv.out_channels + extra
+                extra += c >= conv.out_channels
+            order.append(c)
+            seen.add(c)
+        extra += -(conv.out_channels + extra) % multiple if extra else 0
+        perm = order + [c for c in range(conv.out_channels + extra) if c not in order]
+        _pad_conv(conv, out=extra)
+        conv.weight, conv.bias = nn.Parameter(conv.weight[perm]), nn.Parameter(conv.bias[perm])
+        if bn_name:
+            bn = modules[bn_name]
+            _pad_bn(bn, extra)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                value = getattr(bn, key)[perm]
+                setattr(bn, key, nn.Parameter(value) if key in ("weight", "bias") else value)
+        for kind, _, reader in consumers:
+            if kind == "conv":
+                _pad_conv(modules[reader], inp=extra)
+                modules[reader].weight = nn.Parameter(modules[reader].weight[:, perm])
+            elif kind == "context":
+                columns = torch.cat([contexts[reader], contexts[reader].new_zeros(container.out_channels, extra, 1, 1)], dim=1)
+                contexts[reader] = columns[:, perm]
+        pool.channels, pool.first = None, len(order)
+        added[name] = extra
+    _pad_conv(container, weight=torch.cat(contexts, dim=1))
     return added
 
 

@@ -187,6 +187,47 @@ def test_aligned_channels_are_multiples_and_leave_the_logits_unchanged(real_root
     assert abs(got - want.numpy()).max() <= 1e-4 * float(want.abs().max())
 
 
+@pytest.mark.parametrize("multiple, pool_multiple", [(1, 0), (8, 32)])
+def test_sliced_pools_read_a_prefix_and_leave_the_logits_unchanged(real_root, tmp_path, multiple, pool_multiple):
+    import onnx
+    import onnxruntime as ort
+
+    from lpr_sweep import export
+
+    aligned = _rebuilt(_real(real_root), 0.9)[1]
+    if multiple > 1:
+        prune.align_channels(aligned, multiple, pool_multiple)
+    sliced = _rebuilt(_real(real_root), 0.9)[1]
+    if multiple > 1:
+        prune.align_channels(sliced, multiple, pool_multiple)
+    repeats = [len(m.channels) - len(set(m.channels.tolist())) for m in sliced.modules() if isinstance(m, ChannelStridePool)]
+    added = prune.slice_pools(sliced, multiple)
+    if pool_multiple:  # the pools pass on more channels than they have: repeats, which need new channels or spare ones
+        assert sum(repeats) > sum(added.values())
+    widths = {name: conv.out_channels for name, conv in prune.conv_layers(sliced)}
+    for producer, pool, reader in [("backbone.0", 3, "backbone.4.block.0"), ("backbone.4.block.6", 7, "backbone.8.block.0"),
+                                   ("backbone.11.block.6", 14, "backbone.16")]:
+        p = sliced.backbone[pool]
+        assert p.channels is None and 0 < p.first <= widths[producer] and widths[producer] % multiple == 0, producer
+        assert dict(sliced.named_modules())[reader].in_channels == p.first
+    x = _plates(real_root, 32)
+    _assert_same_logits(aligned, sliced, x)
+    with torch.no_grad():
+        want = aligned(x)
+    path = export.to_onnx(sliced, tmp_path / "sliced.onnx")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Gather" not in ops and "Split" in ops  # at 0.9, the second pool passes on fewer channels than it has
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    assert abs(got - want.numpy()).max() <= 1e-4 * float(want.abs().max())
+
+
+def test_slicing_pools_needs_a_rebuilt_model_and_a_structured_config():
+    with pytest.raises(ValueError, match="run that first"):
+        prune.slice_pools(_net())
+    with pytest.raises(ConfigError, match=r"prune.slice_pools=true reorders the channels of a structured model; add prune.structured=true"):
+        PruneConfig(ratio=0.5, slice_pools=True)
+
+
 def test_alignment_needs_a_rebuilt_model_and_a_structured_config():
     with pytest.raises(ValueError, match="run that first"):
         prune.align_channels(_net(), 8)
