@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lpr_sweep import tracking
+from lpr_sweep import selection, tracking
 from lpr_sweep.tracking import registry
 from lpr_sweep.selection import OBJECTIVES, Rule, Trial, closest, pareto, select
 
@@ -112,6 +112,17 @@ def _row(t: Trial, mark: str, with_published: bool) -> list[str]:
     return cells + [_published_cell(t)] * with_published
 
 
+def _host_line(done: list[Trial]) -> str:
+    refs = [t.metrics["latency_ref_p50_ms"] for t in done if t.metrics.get("latency_ref_p50_ms", 0) > 0]
+    if not refs:
+        return "- Host speed: no trial logged its reference's p50"
+    spread = max(refs) / min(refs) - 1
+    return (f"- Host speed: the reference's p50 ranged {min(refs):.2f}-{max(refs):.2f} ms over the trials ({100 * spread:.0f} % apart). "
+            f"Paired ratios move with the host's own speed, so two trials whose references ran more than "
+            f"{100 * selection.HOST_SHIFT:.0f} % apart rank on speed only when one interval clears the other's by "
+            f"{100 * selection.HOST_MARGIN:.0f} %" + ("; none did here" if spread <= selection.HOST_SHIFT else ""))
+
+
 def markdown(sweep: Sweep, rule: Rule, champion: Trial | None, front: list[Trial], note: str) -> str:
     on_front = {t.run_id for t in front}
     with_published = any(published(t) for t in sweep.trials)
@@ -148,6 +159,7 @@ def markdown(sweep: Sweep, rule: Rule, champion: Trial | None, front: list[Trial
         "it was timed, beyond benchmark.max_other_cores; their speed ranks with no other trial's, and one is champion "
         "only when every admitted trial is noisy; rerun them on a quiet host): "
         + (", ".join(noisy) if noisy else "none"),
+        _host_line(done),
         f"- Accuracy: on {p.get('protocol.n_scored', '?')} scored plates, with a 95 % Wilson interval; drop = points lost against "
         "the reference on the same plates, with a 95 % bootstrap interval over plates, `(noise)` when it contains 0; "
         f"plates +/- = plates gained / lost. Decisions read only the {p.get('protocol.n_val', '?')} validation plates "

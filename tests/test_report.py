@@ -37,6 +37,11 @@ def test_markdown_shows_failed_runs_intervals_noise_and_published_numbers():
     assert "| 2.00 / 4.00 |" in rows["p"] and "| +1 / -3 |" in rows["p"] and "82.3 % · 143 ms · 0.71 MB" in rows["p"]
     assert "rerun them on a quiet host): p (interval too wide), busy (other processes took 0.83 cores)" in text
     assert "[1] accuracy · latency · size as published by the original course report" in text
+    assert "the reference's p50 ranged 4.00-4.00 ms over the trials (0 % apart)" in text and "none did here" in text
+    busy.metrics["latency_ref_p50_ms"] = 5.0  # a slow spell of the host while one trial was timed
+    text = report.markdown(sweep, Rule("accuracy"), BASE, report.pareto(sweep.trials), "base")
+    assert "ranged 4.00-5.00 ms over the trials (25 % apart)" in text and "clears the other's by 15 %" in text
+    assert "none did here" not in text
 
 
 def test_plot_is_a_decodable_png(tmp_path):

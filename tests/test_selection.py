@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from lpr_sweep.selection import Rule, Trial, best, closest, dominates, faster, pareto, select
+from lpr_sweep.selection import HOST_MARGIN, HOST_SHIFT, Rule, Trial, best, closest, dominates, faster, pareto, select
 
 
 def _t(name, val, speed, half=0.05, size=1e6, status="FINISHED", drop=0.0, nonzero=5e5):
@@ -140,3 +140,25 @@ def test_when_every_trial_is_flagged_the_tie_order_decides():
               _flagged(_t("mid", 0.90, 0.99, half=0.08))]
     assert best(trials).name == "slow"  # tied on speed: accuracy, then the smaller file
     assert select(trials, Rule("latency", max_drop_pts=0.0)).name == "slow"
+
+
+def _ref(t, ms, low, high):
+    t.metrics.update(latency_ref_p50_ms=ms, speedup_ci_low=low, speedup_ci_high=high)
+    return t
+
+
+def test_trials_timed_at_different_host_speeds_rank_only_beyond_the_host_margin():
+    """The same two models as paired trials on the AVX2 EPYC: the int8 one at 3.18x [3.01, 3.22] while the
+    reference ran at 2.14 ms, the fp32 one at 2.71x [2.70, 2.72] while it ran at 2.67 ms; in rounds at one
+    host speed they measured 2.94x and 2.93x."""
+    fast_host = _ref(_t("int8", 0.90, 3.18), 2.14, 3.01, 3.22)
+    slow_host = _ref(_t("fp32", 0.90, 2.71), 2.67, 2.70, 2.72)
+    assert not faster(fast_host, slow_host) and best([fast_host, slow_host], "latency") is not None
+    assert pareto([fast_host, slow_host]) == [fast_host, slow_host]  # tied on speed, same accuracy and size: neither dominates
+    same_host = _ref(_t("fp32", 0.90, 2.71), 2.14 * (1 + 0.99 * HOST_SHIFT), 2.70, 2.72)
+    assert faster(fast_host, same_host)  # references within HOST_SHIFT: the intervals alone decide
+    far_ahead = _ref(_t("int8", 0.90, 3.5), 2.14, 2.72 * (1 + HOST_MARGIN) + 0.01, 3.6)
+    assert faster(far_ahead, slow_host) and not faster(slow_host, far_ahead)
+    unknown = _t("old", 0.90, 2.71)  # no reference p50 logged: no margin
+    unknown.metrics.update(speedup_ci_low=2.70, speedup_ci_high=2.72)
+    assert faster(fast_host, unknown)
