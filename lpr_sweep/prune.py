@@ -40,7 +40,7 @@ class PruneConfig:
     structured: bool = False  # rebuild the model without the channels the pruning killed
     round_to: int = 1  # structured: pad each conv's channels with zero channels to a multiple of this
     pool_round_to: int = 0  # structured: pad what each channel-selecting pool passes on to a multiple of this; 0 = round_to
-    slice_pools: bool = False  # structured: order each pool's producer so the pool slices a prefix instead of gathering
+    slice_pools: bool = False  # order each pool's producer so the pool slices a prefix instead of gathering or striding
 
     def __post_init__(self):
         if not 0.0 <= self.ratio < 1.0:
@@ -53,9 +53,6 @@ class PruneConfig:
             if getattr(self, key) > 1 and not self.structured:
                 raise ConfigError(f"prune.{key}={getattr(self, key)} pads the channels of a structured model; "
                                   f"add prune.structured=true or use prune.{key}={int(key == 'round_to')}")
-        if self.slice_pools and not self.structured:
-            raise ConfigError("prune.slice_pools=true reorders the channels of a structured model; "
-                              "add prune.structured=true or use prune.slice_pools=false")
 
     @property
     def pools_to(self) -> int:
@@ -114,17 +111,17 @@ _FLOW = [
 ]
 
 
-def _check_structure(model: nn.Module) -> None:
+def _check_structure(model: nn.Module, option: str = "prune.structured") -> None:
     if not isinstance(model, LPRNet):
-        raise ConfigError(f"prune.structured knows LPRNet only, not {type(model).__name__}; use prune.structured=false")
+        raise ConfigError(f"{option} knows LPRNet only, not {type(model).__name__}; use {option}=false")
     modules = dict(model.named_modules())
     for conv, bn, consumers in _FLOW:
         names = [conv, bn, *(c[1] for c in consumers if c[0] == "pool"), *(c[2] for c in consumers if c[0] != "context")]
         for name in filter(None, names):
             if name not in modules:
-                raise ConfigError(f"prune.structured: the model has no {name}, so its layout is not LPRNet's; use prune.structured=false")
+                raise ConfigError(f"{option}: the model has no {name}, so its layout is not LPRNet's; use {option}=false")
     if [type(m) for m in model.container] != [nn.Conv2d]:
-        raise ConfigError("prune.structured: the container is not a single conv as in LPRNet; use prune.structured=false")
+        raise ConfigError(f"{option}: the container is not a single conv as in LPRNet; use {option}=false")
 
 
 def _padded(conv: nn.Conv2d) -> bool:
@@ -279,15 +276,17 @@ def align_channels(model: LPRNet, multiple: int, pool_multiple: int = 0) -> dict
 def slice_pools(model: LPRNet, multiple: int = 1) -> dict[str, int]:
     """Reorder each pool's producer in place so that the channels the pool passes on come first, in
     the pool's order, and let the pool keep that prefix; return {conv: zero channels added}. A
-    producer that grows is padded on to a multiple of ``multiple``.
+    producer that grows is padded on to a multiple of ``multiple``. On a model not rebuilt (the
+    pools take every second or fourth channel) only the order changes.
 
     A Gather over channels makes OpenVINO and ONNX Runtime convert the tensor to a plain layout and
-    back around it; a prefix is a Slice. A channel that a pool passes on again (padding, read through
-    zero weights) is replaced by one the pool skips, or by a new zero channel once none is left. The logits stay the same: the readers' weights follow the order, and the
-    global context's norm divides by a fixed count once ``remove_dead_channels`` has run.
+    back around it; a prefix is a Split, which they run in place (README, "Pools that slice"). A
+    channel that a pool passes on again (padding, read through zero weights) is replaced by one the
+    pool skips, or by a new zero channel once none is left. The logits stay the same: the readers'
+    weights follow the order, and the global context's norm divides by a fixed count once
+    ``remove_dead_channels`` has run.
     """
-    if model.folded_count is None:
-        raise ValueError("slice_pools reorders a model rebuilt by remove_dead_channels; run that first")
+    _check_structure(model, "prune.slice_pools")
     modules = dict(model.named_modules())
     container = model.container[0]
     offsets = _context_offsets(model)
@@ -298,7 +297,7 @@ def slice_pools(model: LPRNet, multiple: int = 1) -> dict[str, int]:
         if not pools:
             continue
         conv, (pool,) = modules[name], pools
-        passed = pool.channels.tolist()
+        passed = pool.channels.tolist() if pool.channels is not None else list(range(0, conv.out_channels, pool.channel_stride))
         spare = [c for c in range(conv.out_channels) if c not in passed]
         seen, order, extra = set(), [], 0
         for c in passed:  # a repeat is read through zero weights: any channel the pool skips can stand in
@@ -308,6 +307,8 @@ def slice_pools(model: LPRNet, multiple: int = 1) -> dict[str, int]:
             order.append(c)
             seen.add(c)
         extra += -(conv.out_channels + extra) % multiple if extra else 0
+        if extra and model.folded_count is None:  # new channels would change the context's mean square
+            raise ValueError("slice_pools adds channels only to a model rebuilt by remove_dead_channels; run that first")
         perm = order + [c for c in range(conv.out_channels + extra) if c not in order]
         _pad_conv(conv, out=extra)
         conv.weight, conv.bias = nn.Parameter(conv.weight[perm]), nn.Parameter(conv.bias[perm])

@@ -221,11 +221,28 @@ def test_sliced_pools_read_a_prefix_and_leave_the_logits_unchanged(real_root, tm
     assert abs(got - want.numpy()).max() <= 1e-4 * float(want.abs().max())
 
 
-def test_slicing_pools_needs_a_rebuilt_model_and_a_structured_config():
-    with pytest.raises(ValueError, match="run that first"):
-        prune.slice_pools(_net())
-    with pytest.raises(ConfigError, match=r"prune.slice_pools=true reorders the channels of a structured model; add prune.structured=true"):
-        PruneConfig(ratio=0.5, slice_pools=True)
+def test_sliced_pools_on_a_model_not_rebuilt_only_reorder_it(real_root, tmp_path):
+    """Unpruned and unstructured-pruned LPRNet: the pools take every second or fourth channel (a strided
+    Slice in ONNX); sliced, they read a prefix of the same channels, reordered."""
+    import copy
+
+    import onnx
+
+    from lpr_sweep import export
+
+    masked = prune.run(_real(real_root), PruneConfig(ratio=0.5))
+    sliced = copy.deepcopy(masked)
+    assert prune.slice_pools(sliced, 8) == {"backbone.0": 0, "backbone.4.block.6": 0, "backbone.11.block.6": 0}
+    assert [sliced.backbone[i].first for i in (3, 7, 14)] == [64, 64, 64]
+    assert prune.sparsity(sliced) == prune.sparsity(masked)  # the pruned zeros move with their channels
+    _assert_same_logits(masked, sliced, _plates(real_root, 32))
+    steps = [list(a.ints) for node in onnx.load(str(export.to_onnx(sliced, tmp_path / "s.onnx"))).graph.node
+             if node.op_type == "Slice" for a in node.attribute if a.name == "steps"]
+    assert not any(s != [1] * len(s) for s in steps)
+    with pytest.raises(ConfigError, match=r"prune.slice_pools: the model has no .* not LPRNet's; use prune.slice_pools=false"):
+        net = _net()
+        del net.backbone[3]
+        prune.slice_pools(net)
 
 
 def test_alignment_needs_a_rebuilt_model_and_a_structured_config():
