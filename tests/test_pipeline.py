@@ -113,8 +113,8 @@ def test_structured_presets_shrink_the_model_and_keep_accuracy(tmp_path, store):
     base = pipeline.run(compose_cfg([*store, *FAST]), workdir=tmp_path / "b")
     s = pipeline.run(compose_cfg(["optimization=prune_structured", *store, *FAST]), workdir=tmp_path / "s")
     sq = pipeline.run(compose_cfg(["optimization=prune_structured_quant", *store, *FAST]), workdir=tmp_path / "sq")
-    # prune_structured pads its channels to multiples of 8 (zeros, counted); the OpenVINO preset does not
-    assert base["macs"] == 144_411_264 and sq["macs"] < s["macs"] < 0.5 * base["macs"]
+    # zero channels count: prune_structured pads its convs to multiples of 8, the OpenVINO preset its pools to 32
+    assert base["macs"] == 144_411_264 and max(s["macs"], sq["macs"]) < 0.5 * base["macs"] and s["macs"] != sq["macs"]
     assert s["params_dense"] < 0.25 * base["params_dense"]
     # The slack absorbs float noise: on the AMD EPYC int8 loses 7 plates of 700, and 100 * (0.9071 - 0.8971)
     # is 1.0000000000000009, not 1.
