@@ -43,6 +43,9 @@ ROWS = {  # row name -> overrides on the default config
     "TVM fp32, prune global 0.5 (prune_mlc)": ["optimization=prune_mlc"],
     "ORT fp32, structured global 0.8 (prune_structured)": ["optimization=prune_structured"],
     "OpenVINO int8 (nncf), structured global 0.8 (prune_structured_quant)": ["optimization=prune_structured_quant"],
+    "OpenVINO int8 (nncf), structured global 0.8, pools gather, not padded": [  # the preset before slice_pools
+        "optimization=prune_structured_quant", "prune.pool_round_to=0", "prune.slice_pools=false"],
+    "OpenVINO int8 (nncf), pools sliced (quant + prune.slice_pools)": ["optimization=quant", "prune.slice_pools=true"],
     "TVM fp32, structured global 0.8 (prune_structured_mlc)": ["optimization=prune_structured_mlc"],
     "ORT fp32, structured global 0.9 + kd (prune_structured_kd)": ["optimization=prune_structured_kd"],
     "ORT fp32, structured global 0.9 + kd, pools gather": ["optimization=prune_structured_kd", "prune.slice_pools=false"],

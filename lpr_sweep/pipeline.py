@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import collections
 import logging
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from lpr_sweep import benchmark, cache, config, data, evaluate, export, finetune, hardware, prune, quant, runtime, signals, size, tracking
 from lpr_sweep import model as lprnet
 from lpr_sweep.model_file import ModelFile
+from lpr_sweep.prune import channels
 from lpr_sweep.tracking import record, sweep
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, wo
         net = lprnet.load(weights, conf.model.norm)
         prune.run(net, prune_cfg)
         facts = {"sparsity": prune.sparsity(net)}  # of the pruned weights, before structured removal drops the dead ones
-        facts["channels"] = prune.remove_dead_channels(net) if prune_cfg.structured else {}
+        facts["channels"] = channels.remove_dead_channels(net) if prune_cfg.structured else {}
     # round_to, pool_round_to and slice_pools reshape after the finetune, so only the export depends on them
     weights_cfg = {k: v for k, v in asdict(prune_cfg).items() if k not in ("round_to", "pool_round_to", "slice_pools")}
     source = cache.key("prune", cache.file_digest(weights), weights_cfg, conf.model.norm)
@@ -126,11 +126,9 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, wo
         with stages("finetune"):
             folder, facts["cache_hit_finetune"] = cache.fetch(conf.cache, "finetune", source, distil, workdir)
             facts["finetune"] = finetune.load(net, folder)
-    zero = prune.align_channels(net, prune_cfg.round_to, prune_cfg.pools_to) if prune_cfg.round_to > 1 or prune_cfg.pools_to > 1 else {}
-    if prune_cfg.slice_pools:
-        zero = collections.Counter(zero) + collections.Counter(prune.slice_pools(net, prune_cfg.round_to))
+    zero = channels.reshape(net, prune_cfg)
     if zero:
-        facts["zero_channels"] = dict(zero)
+        facts["zero_channels"] = zero
     key = cache.key("export", source, prune_cfg.round_to, prune_cfg.pools_to, prune_cfg.slice_pools)
     with stages("export"):
         folder, hit = cache.fetch(conf.cache, "export", key, lambda out: export.to_onnx(net, out / "model.onnx"), workdir)

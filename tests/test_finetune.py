@@ -8,6 +8,7 @@ from conftest import TINY, compose_cfg
 from lpr_sweep import ConfigError, finetune, prune
 from lpr_sweep.finetune import FinetuneConfig
 from lpr_sweep.model import LPRNet
+from lpr_sweep.prune import channels
 from lpr_sweep.prune import PruneConfig
 
 
@@ -28,7 +29,7 @@ def test_pruned_zeros_stay_zero_and_the_rest_learns(structured, loss):
     student.load_state_dict(teacher.state_dict())
     prune.run(student, PruneConfig(ratio=0.6))
     if structured:
-        prune.remove_dead_channels(student)
+        channels.remove_dead_channels(student)
     zeros = {name: ~mask for name, mask in finetune.zero_masks(student).items()}
     before = {name: m.weight.detach().clone() for name, m in prune.conv_layers(student)}
     log = finetune.run(student, _teacher(teacher), _images(), FinetuneConfig(method="kd", loss=loss, steps=3, lr=1e-2, batch_size=4),

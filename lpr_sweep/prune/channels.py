@@ -1,9 +1,6 @@
-"""L1-magnitude pruning of every Conv2d weight, without fine-tuning, and structured channel removal.
+"""Structured channel surgery on LPRNet after L1 pruning: remove, pad, and reorder channels.
 
-``scope=layer`` prunes each conv by the same ratio (the original report's method); ``scope=global``
-ranks all conv weights together, so layers with many small weights give up more of them.
-
-``structured=true`` then rebuilds LPRNet without the channels pruning killed, as a smaller dense
+``structured=true`` rebuilds LPRNet without the channels pruning killed, as a smaller dense
 model with the same outputs (``remove_dead_channels``). A conv output channel whose remaining
 weights are all zero emits a constant (its bias through BatchNorm and ReLU). Such a channel is
 removed after its constant is folded into each consumer: into an unpadded conv's bias, or (for the
@@ -16,76 +13,28 @@ at the borders.
 with all-zero channels (``align_channels``): the same logits, in shapes that CPU kernels block
 well (faster on ONNX Runtime; neutral on OpenVINO on AVX-512). ``pool_round_to`` pads what each
 channel-selecting max-pool passes on apart from that: OpenVINO's int8 max-pool on AVX2 runs about
-ten times slower off multiples of 32 channels (README, "Channel alignment").
+ten times slower off multiples of 32 channels (README, "Channel alignment"). ``slice_pools``
+reorders each pool's producer so that the pool reads a prefix instead of gathering (``slice_pools``;
+README, "Pools that slice").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
+import collections
 
 import torch
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
 from lpr_sweep import ConfigError
 from lpr_sweep.model import INPUT_HW, LPRNet
-
-Scope = Enum("Scope", {"layer": "layer", "global": "global"})  # functional form: `global` is a keyword
-
-
-@dataclass
-class PruneConfig:
-    ratio: float = 0.0  # fraction of conv weights zeroed, in [0, 1); 0 leaves the model untouched
-    scope: Scope = Scope["global"]
-    structured: bool = False  # rebuild the model without the channels the pruning killed
-    round_to: int = 1  # structured: pad each conv's channels with zero channels to a multiple of this
-    pool_round_to: int = 0  # structured: pad what each channel-selecting pool passes on to a multiple of this; 0 = round_to
-    slice_pools: bool = False  # order each pool's producer so the pool slices a prefix instead of gathering or striding
-
-    def __post_init__(self):
-        if not 0.0 <= self.ratio < 1.0:
-            raise ConfigError(f"prune.ratio={self.ratio} is outside [0, 1); use e.g. prune.ratio=0.5")
-        if self.round_to < 1:
-            raise ConfigError(f"prune.round_to={self.round_to} must be >= 1; use prune.round_to=1 (no padding) or 8")
-        if self.pool_round_to < 0:
-            raise ConfigError(f"prune.pool_round_to={self.pool_round_to} must be >= 0; use 0 (as prune.round_to) or e.g. 32")
-        for key in ("round_to", "pool_round_to"):
-            if getattr(self, key) > 1 and not self.structured:
-                raise ConfigError(f"prune.{key}={getattr(self, key)} pads the channels of a structured model; "
-                                  f"add prune.structured=true or use prune.{key}={int(key == 'round_to')}")
-
-    @property
-    def pools_to(self) -> int:
-        """The multiple each channel-selecting pool is padded to."""
-        return self.pool_round_to or self.round_to
+from lpr_sweep.prune import PruneConfig
 
 
-def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-
-
-def run(model: nn.Module, cfg: PruneConfig) -> nn.Module:
-    """Zero the smallest conv weights in place and make it permanent."""
-    if cfg.ratio == 0.0:
-        return model
-    targets = [(m, "weight") for _, m in conv_layers(model)]
-    if cfg.scope is Scope["layer"]:
-        for module, name in targets:
-            torch_prune.l1_unstructured(module, name, amount=cfg.ratio)
-    else:
-        torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured, amount=cfg.ratio)
-    # Folding the masks in drops weight_orig/weight_mask, which would otherwise double the
-    # state dict and break export.
-    for module, name in targets:
-        torch_prune.remove(module, name)
-    return model
-
-
-def sparsity(model: nn.Module) -> float:
-    """Fraction of conv weights that are exactly zero."""
-    weights = [m.weight.detach() for _, m in conv_layers(model)]
-    total = sum(w.numel() for w in weights)
-    return float(sum(int((w == 0).sum()) for w in weights) / total)
+def reshape(model: LPRNet, cfg: PruneConfig) -> dict[str, int]:
+    """What the export sees, after the finetune: ``round_to`` / ``pool_round_to`` padding, then
+    ``slice_pools``, as ``cfg`` asks; return {conv: zero channels added}."""
+    padded = align_channels(model, cfg.round_to, cfg.pools_to) if cfg.round_to > 1 or cfg.pools_to > 1 else {}
+    sliced = slice_pools(model, cfg.round_to) if cfg.slice_pools else {}
+    return dict(collections.Counter(padded) + collections.Counter(sliced))
 
 
 # LPRNet's channel flow: each producer conv (with its BatchNorm, if any, then a ReLU) and what reads
@@ -380,7 +329,3 @@ def _shrunk_bn(bn: nn.BatchNorm2d, keep: list[int]) -> nn.BatchNorm2d:
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, module)
-
-
-def params_dense(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
