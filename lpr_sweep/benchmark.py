@@ -171,25 +171,43 @@ def interval(ratios: np.ndarray, loads: np.ndarray | None = None, seconds: float
     return estimate, float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def paired(candidates: Callable[[np.ndarray], object] | Sequence[Callable[[np.ndarray], object]],
-           reference: Callable[[np.ndarray], object], x: np.ndarray, cfg: BenchmarkConfig,
+Fn = Callable[[np.ndarray], object]
+
+
+def paired(candidates: Fn | Sequence[Fn], reference: Fn, x: np.ndarray, cfg: BenchmarkConfig,
            clock: Clock = time.perf_counter_ns, host: Host | None = None, spare_cores: float = 0.0) -> dict[str, float]:
     """Speed-up of the candidate (one callable, or several loads of it) over ``reference`` with its
     interval; latencies of both. With ``host`` (``host_cpu``), also the CPU other processes took
     meanwhile: more than ``spare_cores`` (the cores the trial's threads leave free) plus
     ``cfg.max_other_cores`` flags the trial."""
     loads = list(candidates) if isinstance(candidates, (list, tuple)) else [candidates]
+    return rotating([loads], reference, x, cfg, clock, host, spare_cores)[0]
+
+
+def rotating(models: Sequence[Sequence[Fn]], reference: Fn, x: np.ndarray, cfg: BenchmarkConfig,
+             clock: Clock = time.perf_counter_ns, host: Host | None = None, spare_cores: float = 0.0) -> list[dict[str, float]]:
+    """``paired`` for several models at once (each a list of loads), timed in one process: every block
+    times the reference and each model once, each against the reference beside it, so a host-speed
+    step hits all of them alike and their ratios compare directly. The order within a block rotates
+    a step every round over the loads, so every model sees every position; with one model that is
+    A B for a round, then B A. One model's metrics per model, in order; the whole measurement goes
+    on while any model's interval is too wide (within the budget)."""
+    loads = [list(m) for m in models]
+    n_loads = max(len(m) for m in loads)
     time_calls(reference, x, cfg.warmup, 0, clock)
-    for load in loads:
-        time_calls(load, x, cfg.warmup, 0, clock)
-    ref, cand, which = [], [], []
-    round_ = 2 * len(loads)  # blocks for every load to see both orders once
+    for model in loads:
+        for load in model:
+            time_calls(load, x, cfg.warmup, 0, clock)
+    ref: list[np.ndarray] = []
+    cand: list[list[np.ndarray]] = [[] for _ in loads]
+    which: list[int] = []
+    round_ = n_loads * (len(loads) + 1)  # blocks for every load to see every position once
 
     def block() -> None:
-        k = len(ref) % len(loads)
-        order = [(reference, ref), (loads[k], cand)]
-        # A B for one round over the loads, then B A: every load sees both orders
-        for fn, out in order if (len(ref) // len(loads)) % 2 == 0 else order[::-1]:
+        k = len(ref) % n_loads
+        order = [(reference, ref)] + [(m[k % len(m)], out) for m, out in zip(loads, cand)]
+        shift = (len(ref) // n_loads) % len(order)
+        for fn, out in order[shift:] + order[:shift]:
             out.append(time_calls(fn, x, 0, cfg.calls_per_block, clock))
         which.append(k)
 
@@ -198,14 +216,20 @@ def paired(candidates: Callable[[np.ndarray], object] | Sequence[Callable[[np.nd
     def seconds() -> float:
         return (clock() - t0) / 1e9
 
+    def estimates() -> list[tuple[np.ndarray, tuple[float, float, float], bool]]:
+        out = []
+        for model, times in zip(loads, cand):
+            ratios = np.array([np.median(a) / np.median(b) for a, b in zip(ref, times)])
+            est = interval(ratios, np.array(which) % len(model), seconds())
+            out.append((ratios, est, (est[2] - est[1]) / est[0] > cfg.max_ci_width))
+        return out
+
     # At least `blocks`, for at least `min_seconds`, ending on a whole round (capped by max_blocks).
     while len(ref) < cfg.max_blocks and (len(ref) < cfg.blocks or seconds() < cfg.min_seconds or len(ref) % round_):
         block()
     while True:
-        ratios = np.array([np.median(a) / np.median(b) for a, b in zip(ref, cand)])
-        speedup, low, high = interval(ratios, np.array(which), seconds())
-        wide = (high - low) / speedup > cfg.max_ci_width
-        if not wide or len(ref) >= cfg.max_blocks or seconds() >= cfg.max_seconds:
+        results = estimates()
+        if not any(wide for *_, wide in results) or len(ref) >= cfg.max_blocks or seconds() >= cfg.max_seconds:
             break
         for _ in range(min(cfg.blocks, cfg.max_blocks - len(ref))):
             block()
@@ -213,17 +237,20 @@ def paired(candidates: Callable[[np.ndarray], object] | Sequence[Callable[[np.nd
     busy = others is not None and others > spare_cores + cfg.max_other_cores
     ref_medians = np.array([np.median(a) for a in ref])
     p10, p50, p90 = np.percentile(ref_medians, [10, 50, 90])
-    per_load = [float(np.median(ratios[np.array(which) == k])) for k in sorted(set(which))]
-    return {
-        "speedup": speedup, "speedup_ci_low": low, "speedup_ci_high": high,
-        "latency_ref_p50_ms": float(np.percentile(np.concatenate(ref), 50)),
-        **summarize(np.concatenate(cand)),
-        "bench_blocks": len(ref), "bench_seconds": seconds(), "bench_noise": float((p90 - p10) / p50),
-        "bench_noisy": float(wide or busy),
-        **({} if others is None else {"bench_other_cores": others, "bench_host_busy": float(busy)}),
-        # how far the loads disagree: (max - min) / mean of their median ratios
-        "bench_load_spread": float((max(per_load) - min(per_load)) / np.mean(per_load)),
-    }
+    shared = {"latency_ref_p50_ms": float(np.percentile(np.concatenate(ref), 50)), "bench_blocks": len(ref),
+              "bench_seconds": seconds(), "bench_noise": float((p90 - p10) / p50),
+              **({} if others is None else {"bench_other_cores": others, "bench_host_busy": float(busy)})}
+    out = []
+    for model, times, (ratios, (speedup, low, high), wide) in zip(loads, cand, results):
+        load_of = np.array(which) % len(model)
+        per_load = [float(np.median(ratios[load_of == k])) for k in sorted(set(load_of))]
+        out.append({
+            "speedup": speedup, "speedup_ci_low": low, "speedup_ci_high": high, **shared, **summarize(np.concatenate(times)),
+            "bench_noisy": float(wide or busy),
+            # how far the loads disagree: (max - min) / mean of their median ratios
+            "bench_load_spread": float((max(per_load) - min(per_load)) / np.mean(per_load)),
+        })
+    return out
 
 
 def inputs(plates: Plates, batch: int) -> np.ndarray:

@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     rule = report.rule_of(args)
-    champion, note = report.choose(sweep, rule)
-    print(report.markdown(sweep, rule, champion, report.pareto(sweep.trials), note))
+    decision = report.decide(sweep, rule)
+    champion, note = decision.champion, decision.note
+    print(report.markdown(sweep, rule, decision, report.pareto(sweep.trials, rule.min_gain)))
     if champion is None:
         print(f"error: {note}", file=sys.stderr)
         return 1

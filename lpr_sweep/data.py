@@ -76,6 +76,11 @@ def identity(cfg: DataConfig) -> str:
     return hashlib.sha256((resolve_root(cfg.root) / MANIFEST).read_bytes()).hexdigest()[:24]
 
 
+def files_digest(plates: "Plates") -> str:
+    """Which plates a split holds: the digest of its file list, in order."""
+    return hashlib.sha256(("\n".join(plates.files) + "\n").encode()).hexdigest()[:12]
+
+
 def read_manifest(path: Path) -> dict[str, str]:
     """{relative path: sha256} from a sha256sum-format file."""
     entries = {}

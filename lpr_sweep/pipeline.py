@@ -264,6 +264,10 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
             ref, ref_what = reference(conf, root, workdir / "reference")
         record.log_trial({
             "protocol.data_root": str(root),
+            # what the report checks before it ranks two trials together (selection.COMPARABLE_PARAMS)
+            "protocol.data_identity": data.identity(conf.data),
+            "protocol.scored_digest": data.files_digest(scored),
+            "protocol.val_digest": data.files_digest(val),
             "protocol.n_scored": len(scored),
             "protocol.n_calib": len(calib),
             "protocol.n_val": len(val),

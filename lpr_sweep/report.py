@@ -1,31 +1,47 @@
 """``python -m lpr_sweep.report``: a sweep's MLflow runs turned into a choice of model.
 
-Reads one sweep (default: the latest parent run) back from MLflow and writes ``report.md`` and
-``report.png`` into the sweep's ``multirun/`` folder and onto the parent run: one table row per
-trial, the Pareto front, and the champion under a stated rule, which it registers in the Model
-Registry with the alias ``champion``. The choosing is ``lpr_sweep.selection`` (paired speed-ups
-with intervals, validation accuracy, the tie rule); this module reads, renders and registers.
+Reads one sweep (default: the latest parent run) back from MLflow and writes ``report.md``,
+``report.png`` and ``final.json`` into the sweep's ``multirun/`` folder and onto the parent run: one
+table row per trial, the Pareto front, the final, and the champion under a stated rule. The choosing
+is ``lpr_sweep.selection``; this module reads, renders and registers.
+
+How the champion is chosen:
+1. Only comparable trials take part (same data, plates, reference and timing protocol as most of
+   the sweep's trials; no error recorded); the others are listed with the reason.
+2. Finalists: the admitted trials no admitted trial beats beyond the margin, the Pareto front, and
+   the incumbent champion when it is comparable (at most ``--finalists``).
+3. The final (``lpr_sweep.final``): their logged models timed side by side with the reference in
+   this process; the rule decides on these ratios (``--no-final``: on each trial's own).
+4. The promotion gate: the alias ``champion`` moves only when the final's winner beats the incumbent
+   under the same rule (``--promote`` forces it); otherwise the winner gets the alias ``challenger``.
+   A sweep registers one version at most, however often it is reported.
 
 Rules (``--objective`` with any of the limits):
 - ``latency`` (the default, with ``--max-drop-pts 1``): the fastest trial by paired speed-up that
   loses at most D validation points against its unpruned fp32 reference;
 - ``accuracy``: the most accurate on the validation plates within the limits;
-limits: ``--max-drop-pts``, ``--min-speedup``, ``--max-latency-ms``, ``--max-size-bytes``.
+limits: ``--max-drop-pts``, ``--min-speedup``, ``--max-latency-ms``, ``--max-size-bytes``; and the
+practical margin ``--min-gain`` that "faster" needs.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lpr_sweep import selection, tracking
 from lpr_sweep.tracking import registry
 from lpr_sweep.selection import OBJECTIVES, Rule, Trial, closest, pareto, select
 
+log = logging.getLogger(__name__)
 CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"  # the latest sweep's winner when it did not beat the champion
 REGISTRY_TAGS = ("accuracy", "val_accuracy", "drop_pts", "speedup", "speedup_ci_low", "speedup_ci_high",
                  "latency_p50_ms", "latency_ref_p50_ms", "size_file_bytes")
 
@@ -64,12 +80,15 @@ class Sweep:
     trials: list[Trial]
 
 
+def trial_of(run: Any) -> Trial:
+    return Trial(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.metrics), dict(run.data.params),
+                 run.data.tags.get("error", ""), dict(run.data.tags))
+
+
 def load(cfg: tracking.TrackingConfig, sweep: str = "latest") -> Sweep:
     """A sweep's trials from MLflow; ``sweep`` is a parent run id or ``latest``. LookupError if none."""
     parent_id, sweep_dir, runs = registry.read_sweep(cfg, sweep)
-    trials = [Trial(r.info.run_id, r.info.run_name, r.info.status, dict(r.data.metrics), dict(r.data.params),
-                    r.data.tags.get("error", ""), dict(r.data.tags)) for r in runs]
-    return Sweep(parent_id, Path(sweep_dir) if sweep_dir else None, trials)
+    return Sweep(parent_id, Path(sweep_dir) if sweep_dir else None, [trial_of(r) for r in runs])
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -123,7 +142,51 @@ def _host_line(done: list[Trial]) -> str:
             f"{100 * selection.HOST_MARGIN:.0f} %" + ("; none did here" if spread <= selection.HOST_SHIFT else ""))
 
 
-def markdown(sweep: Sweep, rule: Rule, champion: Trial | None, front: list[Trial], note: str) -> str:
+@dataclass
+class Decision:
+    """What the report decided, and on which numbers."""
+
+    champion: Trial | None  # this sweep's best under the rule (its final's metrics when the final ran)
+    note: str
+    excluded: dict[str, str] = field(default_factory=dict)  # run id -> why it is not comparable
+    finalists: list[Trial] = field(default_factory=list)  # with the final's metrics when it ran
+    final_protocol: dict[str, str] | None = None
+    decided_on: str = "each trial's own paired speed-up, timed in its own process"
+    incumbent: Trial | None = None  # the registered champion when this report began (final's metrics if timed)
+    incumbent_version: str = ""
+    incumbent_reason: str = ""  # why the incumbent cannot be compared ("" when it can)
+    promote: bool = True
+    why: str = "no champion was registered yet"
+    registry: str = ""
+
+
+def final_table(decision: Decision) -> list[str]:
+    if not decision.finalists:
+        return []
+    timed = decision.final_protocol is not None
+    rows = ["", "## Final" + (": side by side in one process" if timed else " (not timed: decided on each trial's own ratio)"), ""]
+    if timed:
+        pr = decision.final_protocol
+        rows += [f"Reference: {pr['reference']}; {pr['threads']} threads, batch {pr['batch']} ({pr['input']}), {pr['warmup']} "
+                 f"warm-up calls, {pr['calls_per_block']} calls per block, {pr['loads']} loads of each finalist, "
+                 f"{pr['seconds_min_max']} s; {pr['order']}. 95 % bootstrap intervals.", ""]
+    rows += ["| trial | final speed-up [95 % CI] | in-trial speed-up [95 % CI] | val accuracy | val drop pts |",
+             "|---|---|---|---|---|"]
+    for t in decision.finalists:
+        m = t.metrics
+        mark = " **(winner)**" if decision.champion is not None and t.run_id == decision.champion.run_id else ""
+        mark += f" (champion v{decision.incumbent_version})" if decision.incumbent and t.run_id == decision.incumbent.run_id else ""
+        final_cell = (f"{m['speedup']:.3f}x [{m['speedup_ci_low']:.3f}, {m['speedup_ci_high']:.3f}]" + (" noisy" if t.noisy else "")
+                      if timed else "–")
+        own = ("trial_speedup", "trial_speedup_ci_low", "trial_speedup_ci_high") if timed else (
+            "speedup", "speedup_ci_low", "speedup_ci_high")
+        rows.append(f"| {t.name.replace('|', '/')}{mark} | {final_cell} | {m[own[0]]:.3f}x [{m[own[1]]:.3f}, {m[own[2]]:.3f}] | "
+                    f"{m['val_accuracy']:.4f} | {m['val_drop_pts']:.2f} |")
+    return rows
+
+
+def markdown(sweep: Sweep, rule: Rule, decision: Decision, front: list[Trial]) -> str:
+    champion, note = decision.champion, decision.note
     on_front = {t.run_id for t in front}
     with_published = any(published(t) for t in sweep.trials)
     header = ["", "trial", "status", "accuracy [95 % CI]", "drop pts vs reference [95 % CI]", "plates +/-", "val accuracy",
@@ -132,9 +195,11 @@ def markdown(sweep: Sweep, rule: Rule, champion: Trial | None, front: list[Trial
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     order = sorted(sweep.trials, key=lambda t: (not t.finished, -t.metrics.get("speedup", 0)))
     for t in order:
-        mark = "**champion**" if t is champion else ("front" if t.run_id in on_front else "")
+        mark = ("**champion**" if champion is not None and t.run_id == champion.run_id else
+                "not comparable" if t.run_id in decision.excluded else "front" if t.run_id in on_front else "")
         lines.append("| " + " | ".join(c.replace("|", "/") for c in _row(t, mark, with_published)) + " |")
 
+    names = {t.run_id: t.name for t in sweep.trials}
     done = [t for t in sweep.trials if t.finished]
     p = (champion or (done or sweep.trials)[0]).params
     noisy = [t.name + (f" (other processes took {t.metrics['bench_other_cores']:.2f} cores)" if t.metrics.get("bench_host_busy")
@@ -146,6 +211,10 @@ def markdown(sweep: Sweep, rule: Rule, champion: Trial | None, front: list[Trial
         f"folder: {sweep.sweep_dir or 'unknown'}",
         f"- Rule: {rule}",
         f"- Champion: {note}",
+        f"- Decided on: {decision.decided_on}",
+        *([f"- Registry: {decision.registry}"] if decision.registry else []),
+        "- Not comparable (left out of the decision: other data, plates, reference or timing protocol than the sweep's): "
+        + ("; ".join(f"{names[r]} ({why})" for r, why in decision.excluded.items()) or "none"),
         f"- Pareto front over validation accuracy (max), paired speed-up (max, ties within noise) and file size (min): "
         f"{len(front)} trials, marked `front`",
         "- Speed: each trial timed its model against the reference "
@@ -168,6 +237,7 @@ def markdown(sweep: Sweep, rule: Rule, champion: Trial | None, front: list[Trial
         "- Sizes: file = the deployable files; nonzero = nonzero parameter elements x itemsize; gzip = the files gzipped",
         "",
         *lines,
+        *final_table(decision),
     ]
     if with_published:
         out += ["", f"[1] accuracy · latency · size as published by {PUBLISHED_SOURCE}."]
@@ -219,25 +289,50 @@ def _readable(key: str, value: float) -> str:
     return f"{value:.2f}" if key.startswith(("speedup", "latency", "drop")) else f"{value:.4f}"
 
 
-def register(champion: Trial, rule: Rule, model_name: str) -> str:
-    """Register the champion's logged MLflow Model and point the alias at it."""
-
+def register(decision: Decision, rule: Rule, sweep: Sweep, model_name: str, force: bool = False) -> tuple[str, bool]:
+    """Register the sweep's champion (once per sweep) and move an alias: ``champion`` when the gate
+    lets it through (or ``force``), else ``challenger``. (a line for the report, whether it registered)."""
+    champion = decision.champion
     source = champion.tags.get(tracking.MODEL_TAG)
     if not source:
         raise LookupError(f"trial {champion.name} (run {champion.run_id}) logged no MLflow Model (it predates them); "
                           "rerun it with `resume=false` to log one")
-    m, p = champion.metrics, champion.params
-    description = (
-        f"Champion under: {rule}. Trial {champion.name} (run {champion.run_id}): speed-up {m['speedup']:.2f}x "
-        f"[{m['speedup_ci_low']:.2f}, {m['speedup_ci_high']:.2f}] over {p.get('protocol.reference', 'the reference')}, "
-        f"{p.get('protocol.threads', '?')} threads, batch 1; accuracy {m['accuracy']:.4f} on {p.get('protocol.n_scored', '?')} "
-        f"scored plates (chosen on {p.get('protocol.n_val', '?')} validation plates). Input: uint8 (N, H, W, 3) BGR images; "
-        "output: plate, confidence."
-    )
-    tags = {"rule": str(rule), "trial": champion.name, **{k: _readable(k, m[k]) for k in REGISTRY_TAGS if k in m}}
-    version = registry.register_model(source, model_name, tags, description)
-    registry.set_champion(model_name, CHAMPION_ALIAS, version)
-    return version
+    earlier = registry.sweep_version(model_name, sweep.parent_id)
+    if earlier is not None and earlier.tags.get(registry.TRIAL_RUN_TAG) == champion.run_id:
+        version, note = str(earlier.version), f"version {earlier.version} (registered by an earlier report of this sweep)"
+    elif earlier is not None and not force:
+        return (f"nothing registered: this sweep already registered version {earlier.version} (trial "
+                f"{earlier.tags.get('trial', '?')}), and a sweep registers one version; --promote registers {champion.name} "
+                "anyway"), False
+    else:
+        m, p = champion.metrics, champion.params
+        description = (
+            f"Trial {champion.name} (run {champion.run_id}) of sweep {sweep.parent_id}, under: {rule}. Speed-up {m['speedup']:.2f}x "
+            f"[{m['speedup_ci_low']:.2f}, {m['speedup_ci_high']:.2f}] over {p.get('protocol.reference', 'the reference')} "
+            f"({decision.decided_on.split(':')[0]}), {p.get('protocol.threads', '?')} threads, batch 1; accuracy {m['accuracy']:.4f} "
+            f"on {p.get('protocol.n_scored', '?')} scored plates (chosen on {p.get('protocol.n_val', '?')} validation plates). "
+            "Input: uint8 (N, H, W, 3) BGR images; output: plate, confidence."
+        )
+        tags = {"rule": str(rule), "trial": champion.name, registry.SWEEP_RUN_TAG: sweep.parent_id,
+                registry.TRIAL_RUN_TAG: champion.run_id, **{k: _readable(k, m[k]) for k in REGISTRY_TAGS if k in m}}
+        version = registry.register_model(source, model_name, tags, description)
+        note = f"version {version}"
+    if decision.promote or force:
+        registry.set_champion(model_name, CHAMPION_ALIAS, version)
+        why = "forced by --promote" if force and not decision.promote else decision.why
+        line = f"{model_name} {note} is now '{CHAMPION_ALIAS}' ({why})"
+        registry.describe(model_name, f"Champion: version {version}, trial {champion.name} of sweep {sweep.parent_id}. Why: "
+                                      f"{why}. Rule: {rule}.", {"champion_version": version, "champion_trial": champion.name})
+    elif version == decision.incumbent_version:
+        line = f"champion v{version} holds ({decision.why})"
+    else:
+        registry.set_champion(model_name, CHALLENGER_ALIAS, version)
+        line = (f"kept champion v{decision.incumbent_version} ({decision.why}); {model_name} {note} is '{CHALLENGER_ALIAS}'; "
+                "--promote moves the champion alias to it anyway")
+        registry.describe(model_name, f"Champion: version {decision.incumbent_version}, trial {decision.incumbent.name if decision.incumbent else '?'}. "
+                                      f"It held against version {version} ({champion.name}, sweep {sweep.parent_id}): "
+                                      f"{decision.why}. Rule: {rule}.", {"challenger_version": version})
+    return line, True
 
 
 def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
@@ -249,41 +344,126 @@ def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-speedup", type=float, default=0.0, help="paired speed-up at least this")
     parser.add_argument("--max-latency-ms", type=float, default=math.inf, help="p50 at most this (drifts between trials)")
     parser.add_argument("--max-size-bytes", type=float, default=math.inf)
+    parser.add_argument("--min-gain", type=float, default=selection.MIN_GAIN,
+                        help=f"faster needs a point speed-up more than 1 + this times the other's, beyond the intervals "
+                             f"(default {selection.MIN_GAIN:g}; docs/protocol.md)")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", tracking.TrackingConfig.uri))
     parser.add_argument("--experiment", default=tracking.TrackingConfig.experiment)
 
 
 def rule_of(args: argparse.Namespace) -> Rule:
     drop = args.max_drop_pts if args.max_drop_pts is not None else (1.0 if args.objective == "latency" else math.inf)
-    return Rule(args.objective, drop, args.min_speedup, args.max_latency_ms, args.max_size_bytes)
+    return Rule(args.objective, drop, args.min_speedup, args.max_latency_ms, args.max_size_bytes, args.min_gain)
+
+
+def _account(champion: Trial, among: list[Trial], rule: Rule) -> str:
+    m = champion.metrics
+    tied = [t.name for t in among if t.run_id != champion.run_id and rule.admits(t)
+            and selection.tied_on_speed(champion, t, rule.min_gain)]
+    return (f"{champion.name} (run {champion.run_id}): speed-up {m['speedup']:.2f}x [{m['speedup_ci_low']:.2f}, "
+            f"{m['speedup_ci_high']:.2f}], validation accuracy {m['val_accuracy']:.4f}, scored accuracy {m['accuracy']:.4f}"
+            + (f"; tied on speed with {len(tied)} other trial(s), chosen by the tie rule" if tied else ""))
 
 
 def choose(sweep: Sweep, rule: Rule) -> tuple[Trial | None, str]:
-    """The champion and a one-line account of the choice (which names the closest run on a miss)."""
-    champion = select(sweep.trials, rule)
+    """The champion on the trials' own ratios, among comparable trials, and a one-line account of the
+    choice (which names the closest run on a miss)."""
+    _, excluded = selection.comparable(sweep.trials)
+    ranked = [t for t in sweep.trials if t.run_id not in excluded]
+    champion = select(ranked, rule)
     if champion is not None:
-        m = champion.metrics
-        tied = [t.name for t in sweep.trials if t is not champion and rule.admits(t) and not (
-            champion.speed[0] > t.speed[2] or t.speed[0] > champion.speed[2])]
-        return champion, (f"{champion.name} (run {champion.run_id}): speed-up {m['speedup']:.2f}x "
-                          f"[{m['speedup_ci_low']:.2f}, {m['speedup_ci_high']:.2f}], validation accuracy {m['val_accuracy']:.4f}, "
-                          f"scored accuracy {m['accuracy']:.4f}" + (f"; tied on speed with {len(tied)} other trial(s), "
-                                                                    "chosen by the tie rule" if tied else ""))
-    near = closest(sweep.trials, rule)
+        return champion, _account(champion, ranked, rule)
+    near = closest(ranked, rule)
     if near is None:
-        return None, ("none: no trial finished with the metrics a decision needs (paired speed-up and validation accuracy; "
-                      "a sweep with data.val_size=0 cannot decide without reading the scored plates)")
+        return None, ("none: no comparable trial finished with the metrics a decision needs (paired speed-up and validation "
+                      "accuracy, no error recorded; a sweep with data.val_size=0 cannot decide without reading the scored plates)")
     misses = ", ".join(f"{k} over by {v:.3g}" for k, v in rule.excess(near).items() if v > 0)
     return None, f"none: no trial satisfies the rule; closest is {near.name} (run {near.run_id}): {misses}; nothing registered"
+
+
+Timer = Any  # finalists -> (finalists with the final's metrics, the final's protocol); lpr_sweep.final.run
+
+
+def decide(sweep: Sweep, rule: Rule, incumbent: tuple[str, Trial | None] | None = None, cap: int = selection.FINALISTS,
+           timer: Timer | None = None) -> Decision:
+    """The sweep's champion under ``rule``: comparable trials only, finalists timed side by side by
+    ``timer`` (None: on their own ratios), and whether it beats the registered ``incumbent`` (version, trial)."""
+    key, excluded = selection.comparable(sweep.trials)
+    in_trial, note = choose(sweep, rule)
+    decision = Decision(in_trial, note, excluded)
+    inc = None
+    if incumbent is not None:
+        decision.incumbent_version, inc = incumbent
+        if inc is None:
+            decision.incumbent_reason = "its trial run is gone from the store"
+        else:
+            inc = next((t for t in sweep.trials if t.run_id == inc.run_id), inc)
+            decision.incumbent_reason = excluded.get(inc.run_id, "") or selection.differs(inc, key)
+    if in_trial is None:
+        return decision
+    ranked = [t for t in sweep.trials if t.run_id not in excluded]
+    comparable_inc = inc if inc is not None and not decision.incumbent_reason else None
+    fins = selection.finalists(ranked, rule, comparable_inc, cap)
+    decision.finalists = fins
+    if timer is not None and len(fins) > 1:
+        try:
+            fins, decision.final_protocol = timer(fins)
+            decision.finalists = fins
+            decision.decided_on = (f"the final: {len(fins)} finalists' logged models timed side by side with the reference in "
+                                   "one process (the trials' own ratios only chose the finalists)")
+        except Exception as e:  # the trials' own numbers still decide; say so
+            log.warning("the final failed: %s", e)
+            decision.decided_on = (f"each trial's own paired speed-up: the final failed ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0][:200] if str(e) else ''})")
+    elif timer is not None:
+        decision.decided_on = "each trial's own paired speed-up (one finalist: nothing to time side by side)"
+    else:
+        decision.decided_on = "each trial's own paired speed-up, timed in its own process (--no-final)"
+    timed_inc = next((t for t in fins if comparable_inc is not None and t.run_id == comparable_inc.run_id), None)
+    own = [t for t in fins if t is not timed_inc or t.run_id in {r.run_id for r in ranked}]
+    decision.champion = selection.best(own, rule.objective, rule.min_gain)
+    decision.note = _account(decision.champion, own, rule)
+    decision.incumbent = timed_inc or inc
+    if incumbent is None:
+        decision.promote, decision.why = True, "no champion was registered yet"
+    elif inc is None or decision.incumbent_reason:
+        decision.promote = False
+        decision.why = (f"the champion v{decision.incumbent_version} cannot be compared with this sweep: "
+                        f"{decision.incumbent_reason}")
+    else:
+        decision.promote, decision.why = selection.promotes(decision.champion, decision.incumbent, rule)
+    return decision
+
+
+def _log_final(decision: Decision, parent_id: str, out: Path) -> Path:
+    """``final.json`` beside the report, and the final's ratios as the parent run's metrics."""
+    rows = [{"trial": t.name, "run_id": t.run_id, **{k: t.metrics.get(k) for k in (
+        "speedup", "speedup_ci_low", "speedup_ci_high", "trial_speedup", "trial_speedup_ci_low", "trial_speedup_ci_high",
+        "val_accuracy", "val_drop_pts", "bench_noisy")}} for t in decision.finalists]
+    path = out / "final.json"
+    path.write_text(json.dumps({"decided_on": decision.decided_on, "protocol": decision.final_protocol, "finalists": rows,
+                                "winner": decision.champion.run_id if decision.champion else None}, indent=2) + "\n")
+    if decision.final_protocol is not None:
+        metrics = {f"final.{t.run_id[:8]}.{k}": t.metrics[k] for t in decision.finalists
+                   for k in ("speedup", "speedup_ci_low", "speedup_ci_high") if k in t.metrics}
+        registry.log_metrics(parent_id, metrics)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lpr_sweep.report", description=__doc__.splitlines()[0])
     add_rule_arguments(parser)
+    parser.add_argument("--finalists", type=int, default=selection.FINALISTS,
+                        help=f"trials timed side by side in the final, the incumbent champion included (default {selection.FINALISTS})")
+    parser.add_argument("--no-final", action="store_true", help="decide on each trial's own ratio, without the final (a quick look)")
+    parser.add_argument("--promote", action="store_true",
+                        help="move the champion alias to this sweep's best even when it does not beat the incumbent")
     parser.add_argument("--out", type=Path, default=None, help="folder for report.md and report.png (default: the sweep's folder)")
     parser.add_argument("--model-name", default="lpr_sweep", help="Model Registry name for the champion")
     parser.add_argument("--no-register", action="store_true", help="write the report without touching the registry")
     args = parser.parse_args(argv)
+    if args.finalists < 1 or not 0 <= args.min_gain < 1:
+        parser.error("--finalists must be >= 1 and --min-gain in [0, 1) (a fraction: 0.05 for 5 %)")
     cfg = tracking.TrackingConfig(uri=args.tracking_uri, experiment=args.experiment)
     try:
         sweep = load(cfg, args.sweep)
@@ -291,24 +471,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     rule = rule_of(args)
-    champion, note = choose(sweep, rule)
+    held = registry.aliased(args.model_name, CHAMPION_ALIAS)
+    incumbent = (held[0], trial_of(held[1]) if held[1] is not None else None) if held else None
+    timer = None
+    if not args.no_final:
+        from lpr_sweep import final
+
+        timer = final.run
+    decision = decide(sweep, rule, incumbent, args.finalists, timer)
     registered = True
-    if champion is not None and not args.no_register:
+    if decision.champion is not None and not args.no_register:
         try:
-            note += f"; registered as {args.model_name} version {register(champion, rule, args.model_name)}, alias '{CHAMPION_ALIAS}'"
+            decision.registry, registered = register(decision, rule, sweep, args.model_name, args.promote)
         except LookupError as e:  # the report is still written; the exit status says nothing was registered
-            note += f"; not registered: {e}"
-            registered = False
-    front = pareto(sweep.trials)
+            decision.registry, registered = f"not registered: {e}", False
+    front = pareto(sweep.trials, rule.min_gain)
     out = args.out or (sweep.sweep_dir if sweep.sweep_dir and sweep.sweep_dir.is_dir() else Path("."))
     out.mkdir(parents=True, exist_ok=True)
     md = out / "report.md"
-    md.write_text(markdown(sweep, rule, champion, front, note), encoding="utf-8")
-    png = plot(sweep, champion, front, out / "report.png")
-    registry.log_files(sweep.parent_id, [md, png])
+    md.write_text(markdown(sweep, rule, decision, front), encoding="utf-8")
+    png = plot(sweep, decision.champion, front, out / "report.png")
+    files = [md, png] + ([_log_final(decision, sweep.parent_id, out)] if decision.finalists else [])
+    registry.log_files(sweep.parent_id, files)
     print(md.read_text(encoding="utf-8"))
-    print(f"wrote {md} and {png}; logged to run {sweep.parent_id}")
-    return 0 if champion is not None and registered else 1
+    print(f"wrote {', '.join(str(f) for f in files)}; logged to run {sweep.parent_id}")
+    return 0 if decision.champion is not None and registered else 1
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def test_markdown_shows_failed_runs_intervals_noise_and_published_numbers():
     busy = _t("busy", 0.8, 2.0, **{"optimization.name": "prune"})
     busy.metrics.update(bench_noisy=1.0, bench_host_busy=1.0, bench_other_cores=0.83)
     sweep = report.Sweep("parent", None, [BASE, pruned, failed, busy])
-    text = report.markdown(sweep, Rule("accuracy"), BASE, report.pareto(sweep.trials), "base")
+    text = report.markdown(sweep, Rule("accuracy"), report.Decision(BASE, "base"), report.pareto(sweep.trials))
     rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| ")}
     assert "FAILED: RuntimeError: boom" in rows["g"]
     assert "**champion**" in rows["base"] and "90.0 % · 250 ms · 1.11 MB" in rows["base"]
@@ -39,7 +39,7 @@ def test_markdown_shows_failed_runs_intervals_noise_and_published_numbers():
     assert "[1] accuracy · latency · size as published by the original course report" in text
     assert "the reference's p50 ranged 4.00-4.00 ms over the trials (0 % apart)" in text and "none did here" in text
     busy.metrics["latency_ref_p50_ms"] = 5.0  # a slow spell of the host while one trial was timed
-    text = report.markdown(sweep, Rule("accuracy"), BASE, report.pareto(sweep.trials), "base")
+    text = report.markdown(sweep, Rule("accuracy"), report.Decision(BASE, "base"), report.pareto(sweep.trials))
     assert "ranged 4.00-5.00 ms over the trials (25 % apart)" in text and "clears the other's by 15 %" in text
     assert "none did here" not in text
 
@@ -87,38 +87,101 @@ def mlstore(tmp_path):
                 with mlflow.start_run(run_id=run):
                     info = mlflow.pyfunc.log_model(name="model", python_model=Echo())
                 client.set_tag(run, tracking.MODEL_TAG, info.model_uri)
-            else:
+            elif status == "FAILED":
                 client.set_tag(run, "error", "ValueError: bad graph")
             client.set_terminated(run, status)
         client.set_terminated(parent)
     return cfg, ids, tmp_path
 
 
+def _report(cfg, *args):
+    """The report without its final: the stand-in models cannot be timed (tests/test_final.py times real ones)."""
+    return report.main(["--tracking-uri", cfg.uri, "--no-final", *args])
+
+
 @pytest.mark.slow
 def test_report_writes_logs_and_registers_the_champion(mlstore, capsys):
     cfg, ids, tmp_path = mlstore
-    assert report.main(["--tracking-uri", cfg.uri]) == 0  # default rule: fastest within 1 validation pt
+    assert _report(cfg) == 0  # default rule: fastest within 1 validation pt
     text = (tmp_path / "new" / "report.md").read_text()
     assert "Champion: p (run" in text and "FAILED: ValueError: bad graph" in text
+    assert "min_gain=0.05" in text and "Decided on: each trial's own paired speed-up" in text
+    assert "is now 'champion' (no champion was registered yet)" in text
     assert (tmp_path / "new" / "report.png").stat().st_size > 0
     client = MlflowClient()
     logged = {a.path for a in client.list_artifacts(ids["new"])}
-    assert {"report.md", "report.png"} <= logged
+    assert {"report.md", "report.png", "final.json"} <= logged
     version = client.get_model_version_by_alias("lpr_sweep", "champion")
     run = client.search_runs([tracking.experiment_id(cfg)], "attributes.run_name = 'p'")[0]
     assert version.source == run.data.tags[tracking.MODEL_TAG] and version.tags["trial"] == "p"
+    assert version.tags["sweep_run_id"] == ids["new"] and version.tags["trial_run_id"] == run.info.run_id
     assert (version.tags["accuracy"], version.tags["size_file_bytes"], version.tags["speedup"]) == ("0.8950", "1000000", "2.00")
-    assert "Champion under: fastest (paired speed-up)" in version.description and f"run {run.info.run_id}" in version.description
+    assert "under: fastest (paired speed-up)" in version.description and f"run {run.info.run_id}" in version.description
+    described = client.get_registered_model("lpr_sweep")
+    assert "Champion: version 1, trial p" in described.description and described.tags["champion_version"] == "1"
     assert mlflow.pyfunc.load_model("models:/lpr_sweep@champion").predict(np.zeros((1, 2))).shape == (1, 2)
-    # a second report under another rule moves the alias
-    assert report.main(["--tracking-uri", cfg.uri, "--objective", "accuracy"]) == 0
+
+    # a second report of the same sweep registers nothing new
+    assert _report(cfg) == 0
+    assert [str(v.version) for v in client.search_model_versions("name = 'lpr_sweep'")] == ["1"]
+    assert "champion v1 holds (the champion's own trial won again)" in (tmp_path / "new" / "report.md").read_text()
+    # another rule picks another trial of the same sweep: one version per sweep, unless forced
+    assert _report(cfg, "--objective", "accuracy") == 1
+    assert "nothing registered: this sweep already registered version 1 (trial p)" in capsys.readouterr().out
+    assert client.get_model_version_by_alias("lpr_sweep", "champion").tags["trial"] == "p"
+    assert _report(cfg, "--objective", "accuracy", "--promote") == 0
     assert client.get_model_version_by_alias("lpr_sweep", "champion").tags["trial"] == "base"
+
+
+def _add_sweep(cfg, tmp_path, name, rows):
+    """Another sweep in the same store: rows of (trial, validation accuracy, speed-up), each with a model."""
+    client = MlflowClient()
+    exp = tracking.experiment_id(cfg)
+    (tmp_path / name).mkdir()
+    parent = client.create_run(exp, run_name=name, tags={tracking.ROLE_TAG: "sweep", "sweep_dir": str(tmp_path / name)}).info.run_id
+    for trial, acc, speed in rows:
+        run = client.create_run(exp, run_name=trial, tags={"mlflow.parentRunId": parent, tracking.ROLE_TAG: "trial"}).info.run_id
+        client.log_param(run, "optimization.name", "prune")
+        for k, v in _t(trial, acc, speed).metrics.items():
+            client.log_metric(run, k, v)
+        with mlflow.start_run(run_id=run):
+            info = mlflow.pyfunc.log_model(name="model", python_model=Echo())
+        client.set_tag(run, tracking.MODEL_TAG, info.model_uri)
+        client.set_terminated(run, "FINISHED")
+    client.set_terminated(parent)
+    return parent
+
+
+@pytest.mark.slow
+def test_the_gate_keeps_the_champion_against_worse_models_and_moves_it_for_a_better_one(mlstore, capsys):
+    cfg, ids, tmp_path = mlstore
+    client = MlflowClient()
+    assert _report(cfg) == 0  # p, 2.0x at 0.895, becomes champion (version 1)
+    _add_sweep(cfg, tmp_path, "worse", [("w1", 0.895, 1.3), ("w2", 0.85, 2.05)])  # w2 is outside the 1-pt rule
+    assert _report(cfg) == 0
+    text = (tmp_path / "worse" / "report.md").read_text()
+    assert "kept champion v1 (the incumbent is faster beyond the margin: 2.00x against 1.30x)" in text
+    assert "(champion v1)" in text  # the incumbent stood in the final
+    assert client.get_model_version_by_alias("lpr_sweep", "champion").version == 1
+    assert client.get_model_version_by_alias("lpr_sweep", "challenger").tags["trial"] == "w1"
+    assert "It held against version 2 (w1" in client.get_registered_model("lpr_sweep").description
+    # tied on speed within the margin (2.06x against 2.00x) and no more accurate: the champion holds
+    _add_sweep(cfg, tmp_path, "tied", [("t1", 0.895, 2.06)])
+    assert _report(cfg) == 0 and client.get_model_version_by_alias("lpr_sweep", "champion").version == 1
+    assert "kept champion v1 (the incumbent is tied on speed (2.06x against 2.00x, within the margin) and the challenger is no " \
+           "better" in (tmp_path / "tied" / "report.md").read_text()
+    # a better sweep moves it
+    _add_sweep(cfg, tmp_path, "better", [("b1", 0.895, 3.0)])
+    assert _report(cfg) == 0
+    assert "is now 'champion' (the challenger is faster beyond the margin: 3.00x against 2.00x)" in (
+        tmp_path / "better" / "report.md").read_text()
+    assert client.get_model_version_by_alias("lpr_sweep", "champion").tags["trial"] == "b1"
 
 
 @pytest.mark.slow
 def test_report_on_a_rule_nobody_meets_registers_nothing(mlstore, capsys):
     cfg, ids, tmp_path = mlstore
-    assert report.main(["--tracking-uri", cfg.uri, "--objective", "accuracy", "--min-speedup", "20"]) == 1
+    assert _report(cfg, "--objective", "accuracy", "--min-speedup", "20") == 1
     out = capsys.readouterr().out
     assert "no trial satisfies the rule; closest is q" in out and "nothing registered" in out
     assert MlflowClient().search_registered_models() == []

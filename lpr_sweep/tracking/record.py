@@ -80,11 +80,11 @@ def rounded(metrics: dict[str, float]) -> dict[str, float]:
 def log_plates(root: Path, parts: dict[str, Any]) -> None:
     """Each split as an MLflow dataset input (name, digest of its file list, the data root as source)
     and as a file list artifact."""
-    import hashlib
-
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+
+    from lpr_sweep.data import files_digest
 
     with warnings.catch_warnings():  # a local folder matches two source types that mean the same here
         warnings.simplefilter("ignore", UserWarning)
@@ -93,8 +93,7 @@ def log_plates(root: Path, parts: dict[str, Any]) -> None:
         listing = "\n".join(plates.files) + "\n"
         mlflow.log_text(listing, f"{part}_files.txt")
         if len(plates):
-            digest = hashlib.sha256(listing.encode()).hexdigest()[:12]
-            _log_input(MetaDataset(source, name=f"lprnet-{part}", digest=digest), part)
+            _log_input(MetaDataset(source, name=f"lprnet-{part}", digest=files_digest(plates)), part)
 
 
 def _log_input(dataset: Any, context: str) -> None:

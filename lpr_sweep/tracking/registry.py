@@ -6,6 +6,9 @@ from typing import Any
 
 from lpr_sweep.tracking import ROLE_TAG, TrackingConfig, latest_per_config, tracking_uri
 
+SWEEP_RUN_TAG = "sweep_run_id"  # on a registered version: the sweep (parent run) that registered it
+TRIAL_RUN_TAG = "trial_run_id"  # ... and the trial run whose logged model it is
+
 
 def register_model(source: str, name: str, tags: dict[str, str], description: str) -> str:
     """A registry version of a logged model (``models:/m-...``), so ``models:/name@alias`` loads and serves."""
@@ -14,13 +17,53 @@ def register_model(source: str, name: str, tags: dict[str, str], description: st
 
     version = mlflow.register_model(source, name, tags=tags)
     MlflowClient().update_model_version(name, version.version, description=description)
-    return version.version
+    return str(version.version)
 
 
 def set_champion(name: str, alias: str, version: str) -> None:
     from mlflow import MlflowClient
 
     MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def describe(name: str, description: str, tags: dict[str, str]) -> None:
+    """The registered model's own description and tags: which version is champion, and why."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.update_registered_model(name, description=description)
+    for key, value in tags.items():
+        client.set_registered_model_tag(name, key, value)
+
+
+def aliased(name: str, alias: str) -> tuple[str, Any | None] | None:
+    """(version, the trial run it came from, or None when that run is gone) behind ``name@alias``;
+    None when there is no such alias (or no such model)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    run_id = version.tags.get(TRIAL_RUN_TAG) or version.run_id
+    try:
+        return str(version.version), client.get_run(run_id) if run_id else None
+    except MlflowException:
+        return str(version.version), None
+
+
+def sweep_version(name: str, parent_id: str) -> Any | None:
+    """The version this sweep already registered, if any: a sweep registers one at most."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    return next((v for v in versions if v.tags.get(SWEEP_RUN_TAG) == parent_id), None)
 
 
 def read_sweep(cfg: TrackingConfig, sweep: str = "latest") -> tuple[str, str | None, list[Any]]:
@@ -55,6 +98,14 @@ def _experiment(cfg: TrackingConfig) -> str:
     if experiment is None:
         raise LookupError(f"no experiment {cfg.experiment!r} at {cfg.uri}; run `python -m lpr_sweep -m ...` first")
     return experiment.experiment_id
+
+
+def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
 
 
 def log_files(run_id: str, paths: list[Path]) -> None:
