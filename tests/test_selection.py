@@ -4,7 +4,10 @@ import random
 
 import pytest
 
-from lpr_sweep.selection import HOST_MARGIN, HOST_SHIFT, Rule, Trial, best, closest, dominates, faster, pareto, select
+from lpr_sweep.selection import (
+    HOST_MARGIN, HOST_SHIFT, MIN_GAIN, Rule, Trial, best, closest, comparable, comparable_key, differs, dominates, faster, finalists,
+    pareto, promotes, select,
+)
 
 
 def _t(name, val, speed, half=0.05, size=1e6, status="FINISHED", drop=0.0, nonzero=5e5):
@@ -162,3 +165,88 @@ def test_trials_timed_at_different_host_speeds_rank_only_beyond_the_host_margin(
     unknown = _t("old", 0.90, 2.71)  # no reference p50 logged: no margin
     unknown.metrics.update(speedup_ci_low=2.70, speedup_ci_high=2.72)
     assert faster(fast_host, unknown)
+
+
+def _point(name, speed, half, val=0.90, **params):
+    t = _t(name, val, speed)
+    t.metrics.update(speedup_ci_low=speed - half, speedup_ci_high=speed + half)
+    t.params.update(params)
+    return t
+
+
+def test_faster_needs_the_practical_margin_as_well_as_separate_intervals():
+    # What identical dense models measured on a quiet Xeon: 1 % apart with intervals of +-0.2 % (issue 29).
+    lucky, same = _point("lucky", 1.0125, 0.0025), _point("same", 1.000, 0.002)
+    assert faster(lucky, same, min_gain=0.0)  # beyond noise: the old rule ranked them
+    assert not faster(lucky, same) and not faster(same, lucky)  # the default margin (MIN_GAIN) ties them
+    assert MIN_GAIN == 0.05
+    clear = _point("clear", 1.06, 0.002)
+    assert faster(clear, same) and not faster(clear, same, min_gain=0.10)
+    wide = _point("wide", 1.20, 0.20)  # 20 % ahead on the point, but the intervals overlap
+    assert not faster(wide, same)
+    rule = Rule("latency", max_drop_pts=1.0)
+    assert "min_gain=0.05" in str(rule) and "more than 5 % above it" in str(rule)
+    with pytest.raises(ValueError, match="min_gain=5 must be in"):
+        Rule("latency", min_gain=5)
+
+
+def test_an_identical_model_that_lost_plates_no_longer_wins_by_a_one_percent_edge():
+    # make sweep on the Xeon: global 0.9 won at 1.0125x over trials identical to the reference, losing 1.29 pt.
+    ref_like = _point("0.1 global", 1.003, 0.002)
+    ref_like.metrics.update(val_drop_pts=0.0, val_drop_pts_ci_high=0.0)
+    lossy = _point("0.9 global", 1.0125, 0.0025, val=0.86)
+    lossy.metrics.update(val_drop_pts=-0.5, val_drop_pts_ci_high=1.5)
+    assert select([ref_like, lossy], Rule("latency", max_drop_pts=1.0)).name == "0.1 global"
+
+
+def test_finalists_are_the_unbeaten_then_the_front_then_the_incumbent_capped():
+    rule = Rule("latency", max_drop_pts=1.0)
+    fast_a = _point("fast_a", 3.0, 0.05, val=0.895)
+    fast_b = _point("fast_b", 3.05, 0.05, val=0.90)  # tied with fast_a within the margin, more accurate: first
+    mid = _point("mid", 2.0, 0.05, val=0.905)  # beaten on speed, but on the front (more accurate)
+    slow = _point("slow", 1.0, 0.05, val=0.90)  # beaten and dominated
+    outside = _point("outside", 6.0, 0.05, val=0.80)
+    outside.metrics["val_drop_pts"] = 10.0  # fails the rule: never a finalist
+    trials = [slow, mid, fast_a, fast_b, outside]
+    assert [t.name for t in finalists(trials, rule)] == ["fast_b", "fast_a", "mid"]
+    incumbent = _point("incumbent", 1.5, 0.05, val=0.90)
+    assert [t.name for t in finalists(trials, rule, incumbent, cap=3)] == ["fast_b", "fast_a", "incumbent"]
+    assert [t.name for t in finalists(trials, rule, incumbent, cap=1)] == ["fast_b"]
+    incumbent.metrics["val_drop_pts"] = 5.0  # outside the rule: not timed, and it cannot hold
+    assert "incumbent" not in [t.name for t in finalists(trials, rule, incumbent)]
+    noisy = _point("noisy", 1.2, 0.05)
+    noisy.metrics["bench_noisy"] = 1.0  # tied with everyone: the final re-times it
+    assert "noisy" in [t.name for t in finalists([slow, noisy, fast_a], rule)]
+
+
+def test_only_comparable_trials_are_ranked_together():
+    keys = {"protocol.data_identity": "d1", "protocol.scored_digest": "s700", "protocol.val_digest": "v200",
+            "protocol.reference": "ref", "protocol.threads": "2"}
+    same = [_point(f"t{i}", 1.0 + i, 0.05, **keys) for i in range(3)]
+    moved = _point("moved", 9.0, 0.05, **{**keys, "protocol.scored_digest": "s42"})  # the data root changed mid-sweep
+    key, excluded = comparable(same + [moved])
+    assert key == comparable_key(same[0]) and set(excluded) == {"moved"}
+    assert "scored_digest 's42' (sweep: 's700')" in excluded["moved"]
+    assert differs(same[1], key) == ""
+    lost = _point("lost", 20.0, 0.05, **keys)
+    lost.error = "LostWorker: the process running it died before it finished"  # FINISHED, yet tagged with an error
+    assert not lost.finished and select(same + [lost], Rule("latency")).name == "t2"
+
+
+def test_the_gate_moves_the_champion_only_for_a_better_model():
+    rule = Rule("latency", max_drop_pts=1.0)
+    incumbent = _point("inc", 2.0, 0.02)
+    assert promotes(_point("fast", 2.5, 0.02), incumbent, rule) == (
+        True, "the challenger is faster beyond the margin: 2.50x against 2.00x")
+    assert promotes(_point("slow", 1.5, 0.02), incumbent, rule)[0] is False
+    tied_same = _point("tied", 2.06, 0.02)  # within the margin, equally accurate: the point speed-up does not count
+    assert promotes(tied_same, incumbent, rule)[0] is False
+    tied_better = _point("tied_acc", 2.06, 0.02)
+    tied_better.metrics["val_drop_pts_ci_high"] = -1.0
+    assert promotes(tied_better, incumbent, rule)[0] is True
+    assert promotes(incumbent, incumbent, rule)[0] is False
+    broken = _point("broken", 9.0, 0.02)
+    broken.metrics["val_drop_pts"] = 3.0
+    assert promotes(_point("any", 1.0, 0.02), broken, rule) == (True, "the incumbent fails the rule (val_drop_pts over by 2)")
+    acc = Rule("accuracy")
+    assert promotes(_point("acc", 1.0, 0.02, val=0.91), incumbent, acc)[0] is True
