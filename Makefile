@@ -5,7 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA_ROOT ?= $(or $(LPR_DATA_ROOT),../shared/data/lprnet)
 export LPR_DATA_ROOT := $(abspath $(DATA_ROOT))
-SWEEP ?= prune.scope=global,layer prune.ratio=0.0,0.1,0.5,0.7,0.9
+# A default sweep whose speeds differ: dense fp32, structured pruning, int8 and distillation (the
+# distillation runs once; kd and kd_quant share it through the stage cache).
+SWEEP ?= optimization=baseline,prune_structured,prune_structured_quant,prune_structured_kd,prune_structured_kd_quant
+REPORT ?=
 
 .PHONY: help setup data sweep test test-fast bench bench-sweep records ui clean
 
@@ -25,9 +28,9 @@ setup: $(VENV)/.installed ## create .venv with the pinned packages
 data: setup ## verify the data root's SHA256SUMS (LPR_DATA_ROOT, default ../shared/data/lprnet)
 	@$(PY) -m lpr_sweep.download --check
 
-sweep: data ## run the default sweep (override with SWEEP="key=a,b ...")
+sweep: data ## run the default sweep, then its report, final and registration (SWEEP="key=a,b ...", REPORT="--no-final ...")
 	$(PY) -m lpr_sweep -m $(SWEEP)
-	$(PY) -m lpr_sweep.report
+	$(PY) -m lpr_sweep.report $(REPORT)
 
 # One pytest worker per core (pytest-xdist), a test file per worker: most tests run sweeps in a
 # subprocess that keeps one core busy, so two at a time cut CI's suite from 31 to 20 minutes on
