@@ -69,13 +69,13 @@ def run(finalists: Sequence[Trial]) -> tuple[list[Trial], dict[str, str]]:
     and the protocol it ran under."""
     conf = trial_config(finalists[0])
     root, _, _, scored = data.load(conf.data)
-    workdir = Path(tempfile.mkdtemp(prefix="lpr_sweep-final-"))
-    ref, what = pipeline.reference(conf, root, workdir / "reference")
-    loads = [[deployable(t) for _ in range(conf.benchmark.loads)] for t in finalists]
     threads = hardware.threads(conf.hardware)
     spare = max(0, len(os.sched_getaffinity(0)) - threads)
-    timed = measure(finalists, loads, ref, benchmark.inputs(scored, 1), conf.benchmark, host=benchmark.host_cpu,
-                    spare_cores=spare)
+    with tempfile.TemporaryDirectory(prefix="lpr_sweep-final-") as workdir:
+        ref, what = pipeline.reference(conf, root, Path(workdir) / "reference")
+        loads = [[deployable(t) for _ in range(conf.benchmark.loads)] for t in finalists]
+        timed = measure(finalists, loads, ref, benchmark.inputs(scored, 1), conf.benchmark, host=benchmark.host_cpu,
+                        spare_cores=spare)
     b = conf.benchmark
     protocol = {
         "reference": what, "threads": str(threads), "batch": "1", "input": "first scored plate",

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 OBJECTIVES = ("latency", "accuracy")  # latency: fastest within the limits; accuracy: most accurate within them
 # On the AVX2 EPYC VM the unpruned reference ran at about 2.1 ms or about 2.65 ms p50 for minutes at
 # a time, and the same int8 model's paired speed-up moved up to 12 % with it (2.35x against 2.62x;
-# docs/measured.md, "Host speed"): a gap that size between trials timed at different host speeds is the host's.
+# docs/measured.md, "The host's own speed moves paired ratios"): a gap that size between trials timed at different
+# host speeds is the host's.
 HOST_SHIFT = 0.10  # reference p50s of two trials further apart than this (relative) ...
 HOST_MARGIN = 0.15  # ... rank on speed only when one's interval clears the other's by this much
 # A practical margin: a speed-up must beat another by more than this fraction to count. Identical
