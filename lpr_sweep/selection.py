@@ -23,7 +23,7 @@ What decides, and why:
   report. A trial without validation plates (``data.val_size=0``) cannot take part in a decision.
 - Within noise, ties go to accuracy (judged by the upper end of the validation drop's interval, so a
   model proven identical to the reference beats one that matched it by luck), then to size
-  (``size_file_bytes``, then ``size_nonzero_bytes``), then to the point speed-up.
+  (``size_file_bytes``, then ``size_nonzero_bytes``); never to a point speed-up within the margin.
 
 ``report`` reads trials from MLflow and renders; this module is tested on synthetic trials.
 """
@@ -186,7 +186,7 @@ def best(trials: list[Trial], objective: str = "latency", min_gain: float = MIN_
     unbeaten = [t for t in pool if not any(faster(o, t, min_gain) for o in pool)]
     choice = unbeaten[0]
     for t in unbeaten[1:]:
-        if better(t, choice):
+        if better(t, choice, by_speed=False):  # within the margin, a point speed-up is noise
             choice = t
     return choice
 
