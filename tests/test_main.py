@@ -57,16 +57,18 @@ def test_failing_trial_is_isolated_in_a_parallel_sweep(tmp_path, tiny_root, stor
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_sweep_is_closed_and_resume_reruns_only_the_rest(tmp_path, tiny_root, store, sig):
-    slow = "benchmark.calls_per_block=1500"  # a few seconds a trial, so that the signal lands while one runs
+    # A trial's timing lasts seconds, so that the signal lands while the second trial runs. The test waits for
+    # a finished trial rather than a fixed time: on a slow host a trial took over two minutes.
+    slow = "benchmark.calls_per_block=300"
     proc = subprocess.Popen([sys.executable, "-m", "lpr_sweep", *_args(tmp_path, tiny_root, store, FOUR, slow)], cwd=REPO,
                             stdout=open(tmp_path / "out.log", "w"), stderr=subprocess.STDOUT)
     try:
-        deadline, children = time.time() + 300, []
-        while time.time() < deadline:
-            time.sleep(0.5)
+        deadline, children = time.time() + 600, []
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
             if (tmp_path / "sweep" / tracking.PARENT_FILE).exists():  # the store exists: safe to read
                 _, children = _runs(store)
-                if sum(r.info.status == "FINISHED" for r in children) >= 2:
+                if any(r.info.status == "FINISHED" for r in children):
                     break
         sent = f"signal sent at {time.strftime('%H:%M:%S')} with {[r.info.status for r in children]}"
         proc.send_signal(sig)
@@ -77,7 +79,7 @@ def test_interrupted_sweep_is_closed_and_resume_reruns_only_the_rest(tmp_path, t
     finished = {r.info.run_id for r in children if r.info.status == "FINISHED"}
     log = sent + "\n" + (tmp_path / "out.log").read_text()[-3000:]
     assert parent.info.status == "KILLED", log
-    assert 2 <= len(finished) < 4, log
+    assert 1 <= len(finished) < 4, log
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)  # nothing left RUNNING
     if sig != signal.SIGTERM:
         return  # both signals take the same path from here; resuming once is enough (CI time)
