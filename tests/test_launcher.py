@@ -132,7 +132,9 @@ def test_a_two_node_cluster_on_loopback_runs_the_sweep_and_survives_losing_a_nod
 
     # Lose the worker node while it runs a trial: the trial it held is recorded FAILED, Ray re-runs it on the head.
     lost = _node_id(worker)[:12]
-    slow = "benchmark.calls_per_block=1500"  # seconds per trial, so that the kill lands inside one
+    # Long enough that a trial seen RUNNING is still running 0.2 s later, when the node dies; 1500 made this
+    # one test take 12 minutes of CI.
+    slow = "benchmark.calls_per_block=300"
     sweep = subprocess.Popen([sys.executable, "-m", "lpr_sweep", *args, FOUR, slow, "tracking.experiment=lost", f"hydra.sweep.dir={tmp_path}/s2"],
                              cwd=REPO, env=env, stdout=open(tmp_path / "lost.log", "w"), stderr=subprocess.STDOUT)
     try:
@@ -141,7 +143,7 @@ def test_a_two_node_cluster_on_loopback_runs_the_sweep_and_survives_losing_a_nod
             _, runs = _trials(server, "lost")
             if any(r.info.status == "RUNNING" and r.data.tags.get("hw.node", "").endswith(lost) for r in runs):
                 break
-            time.sleep(1)
+            time.sleep(0.2)
         for proc in [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]:
             proc.send_signal(signal.SIGKILL)  # the machine is gone: nothing of the node gets to clean up
         sweep.wait(timeout=900)
