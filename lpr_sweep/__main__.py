@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import hydra
@@ -49,5 +50,16 @@ def _note_if_unrecorded(e: BaseException) -> None:
         sweep.record_unrecorded(HydraConfig.get().job.override_dirname or HydraConfig.get().job.name, e)
 
 
+def cli() -> int:
+    """``main`` with an interrupt as one line, not Hydra's traceback: the runs are already closed KILLED."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        name = signals.received() or "SIGINT"
+        print(f"error: interrupted by {name}; finished trials are kept, and the same command with resume=true runs the rest",
+              file=sys.stderr)
+        return 128 + getattr(signal.Signals, name, signal.SIGINT)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

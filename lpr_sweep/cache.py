@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from lpr_sweep import ConfigError
+
 log = logging.getLogger(__name__)
 SEAL = "SHA256SUMS"  # inside each entry: its files' digests
 _PACKAGES = ("torch", "onnx", "onnxscript")  # export; a stage adds the packages of its runtime and backend
@@ -101,8 +103,12 @@ def fetch(cfg: CacheConfig, stage: str, key_: str, build: Callable[[Path], None]
             return final, True
         log.error("cache: entry %s is damaged (%s); removed and rebuilt", final, problem)
         shutil.rmtree(final, ignore_errors=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{key_}.", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{key_}.", dir=final.parent))
+    except OSError as e:
+        raise ConfigError(f"stage cache folder {final.parent} cannot be created ({e.strerror or e}); set cache.dir to a writable "
+                          "folder (or XDG_CACHE_HOME), or cache.enabled=false") from None
     try:
         build(work)
         seal(work)

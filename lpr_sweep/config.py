@@ -87,24 +87,93 @@ def expand(arguments: Sequence[str], jobs: Sequence[Sequence[str]]) -> list[list
     return out
 
 
-class ValidateSweep(Callback):
-    """Compose and validate every job of a multirun before the first one starts.
+def _composes(config_name: str, overrides: list[str]) -> str | None:
+    """None when the overrides compose into a config (ranges aside), else the one-line reason."""
+    from hydra import compose
+    from hydra.errors import HydraException
 
-    Without it, ``-m prune.ratio=0.1,0.5,1.5`` would spend two trials before refusing the third.
-    It exits rather than raises: Hydra turns a callback's exception into a warning and goes on.
+    try:
+        compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        return str(e).strip().splitlines()[0]
+    return None
+
+
+def check_search(config: DictConfig) -> None:
+    """The search sweeper's settings and every value it may sample, before anything is recorded: its
+    counts, each dimension's grammar and bounds, and each choice and interval end composing on its own.
+    A sample that composes but fails a cross-check (``quant=nncf`` with ``runtime=onnxruntime``) is
+    still fine here: the sweeper skips such samples. ConfigError with the reason."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    from hydra_plugins.lpr_sweep_sweeper.sweeper import SAMPLERS, distribution
+
+    sweeper = config.hydra.sweeper
+    for key in ("n_trials", "n_jobs"):
+        if int(sweeper.get(key, 1)) < 1:
+            raise ConfigError(f"hydra.sweeper.{key}={sweeper.get(key)} must be >= 1")
+    if len(sweeper.objectives) != len(sweeper.directions):
+        raise ConfigError(f"{len(sweeper.objectives)} objectives but {len(sweeper.directions)} directions; give one direction each")
+    if any(d not in ("minimize", "maximize") for d in sweeper.directions):
+        raise ConfigError(f"hydra.sweeper.directions={list(sweeper.directions)}: each must be minimize or maximize")
+    if sweeper.sampler not in SAMPLERS:
+        raise ConfigError(f"hydra.sweeper.sampler={sweeper.sampler!r} is unknown; use one of {sorted(SAMPLERS)}")
+    parser = OverridesParser.create()
+    task = [o for o in parser.parse_overrides(list(config.hydra.overrides.task))]
+    fixed = [o.input_line for o in task if not o.is_sweep_override()]
+    lines = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + [o.input_line for o in task if o.is_sweep_override()]
+    for override in parser.parse_overrides(lines):
+        key = override.get_key_element()
+        if key in {o.get_key_element() for o in task if not o.is_sweep_override()}:
+            continue  # a fixed value on the command line takes its key out of the search
+        value = override.value()
+        # before distribution(): Optuna's own message for a backwards interval names no override
+        if isinstance(value, IntervalSweep) and not value.start < value.end:
+            raise ConfigError(f"{override.input_line}: interval(a, b) needs a < b; write interval({value.end:g}, {value.start:g})")
+        try:
+            distribution(override)
+        except ValueError as e:
+            raise ConfigError(str(e).splitlines()[0]) from None
+        if isinstance(value, IntervalSweep):
+            samples = [value.start, value.end]
+        else:
+            samples = list(override.sweep_iterator())
+        for sample in samples:
+            reason = _composes(config.hydra.job.config_name, fixed + [f"{key}={sample}"])
+            if reason:
+                raise ConfigError(f"search dimension {override.input_line}: {key}={sample} cannot be composed: {reason}")
+
+
+class ValidateSweep(Callback):
+    """Compose and validate every job of a multirun before the first one starts, and before the
+    sweep's parent run exists (this callback is listed before the MLflow one).
+
+    Without it, ``-m prune.ratio=0.1,0.5,1.5`` would spend two trials before refusing the third, and a
+    typo in a list value would leave an empty parent run behind. A search sweep's settings and every
+    value it may sample are checked (``check_search``). It exits rather than raises: Hydra turns a
+    callback's exception into a warning and goes on.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra import compose
+        from hydra.errors import HydraException
 
         sweeper = config.hydra.sweeper
         if "jobs" not in sweeper and not sweeper._target_.endswith(".BasicSweeper"):
-            return  # a search sweeper samples its jobs later and validates each one itself
+            if sweeper._target_.endswith(".OptunaSweeper"):
+                try:
+                    check_search(config)
+                except ConfigError as e:
+                    raise SystemExit(f"error: {e}") from None
+            return
         for overrides in expand(list(config.hydra.overrides.task), sweeper.get("jobs") or []):
             try:
                 validate(compose(config.hydra.job.config_name, overrides=overrides))
             except ConfigError as e:
                 raise SystemExit(f"error: job [{' '.join(overrides)}]: {e}") from None
+            except (HydraException, OmegaConfBaseException) as e:
+                raise SystemExit(f"error: job [{' '.join(overrides)}]: {str(e).strip().splitlines()[0]}") from None
 
 
 register()

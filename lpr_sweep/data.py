@@ -137,7 +137,10 @@ def encode(label: str) -> list[int]:
 def read_bgr(path: Path) -> np.ndarray:
     """The image as OpenCV decodes it: uint8 (H, W, 3), BGR."""
     # imdecode(fromfile) rather than imread: plate names are not ASCII.
-    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0:  # OpenCV asserts on an empty buffer instead of returning None
+        raise DataError(f"cannot decode image {path}: the file is empty (0 bytes); replace or remove it")
+    img = cv2.imdecode(raw, cv2.IMREAD_COLOR)
     if img is None:
         raise DataError(f"cannot decode image {path}: unreadable or corrupt; replace or remove it")
     return img

@@ -249,6 +249,9 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
     name = _run_name(conf)
     if conf.resume and (done := tracking.finished_trial(conf.tracking, config_hash)) is not None:
         log.info("[%s] resume: already FINISHED as run %s; skipped", name, done.info.run_id)
+        parent = sweep.parent_run_id()
+        if parent and done.data.tags.get("mlflow.parentRunId") != parent:  # another sweep's: this one's report needs it too
+            sweep.link_reused(conf.tracking, done.info.run_id, parent)
         return dict(done.data.metrics)
     workdir = Path(workdir) if workdir else _workdir()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lpr_sweep import selection, tracking
-from lpr_sweep.tracking import registry
+from lpr_sweep.tracking import deploy, registry
 from lpr_sweep.selection import OBJECTIVES, Rule, Trial, closest, pareto, select
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class Sweep:
     parent_id: str
     sweep_dir: Path | None
     trials: list[Trial]
+    notes: list[str] = field(default_factory=list)  # trials of earlier sweeps it resumed from, left out
 
 
 def trial_of(run: Any) -> Trial:
@@ -87,8 +88,21 @@ def trial_of(run: Any) -> Trial:
 
 def load(cfg: tracking.TrackingConfig, sweep: str = "latest") -> Sweep:
     """A sweep's trials from MLflow; ``sweep`` is a parent run id or ``latest``. LookupError if none."""
-    parent_id, sweep_dir, runs = registry.read_sweep(cfg, sweep)
-    return Sweep(parent_id, Path(sweep_dir) if sweep_dir else None, [trial_of(r) for r in runs])
+    parent_id, sweep_dir, runs, skipped = registry.read_sweep(cfg, sweep)
+    if skipped:
+        print(f"note: skipped {len(skipped)} newer sweep(s) that hold no trial ({', '.join(skipped)}); reporting {parent_id}",
+              file=sys.stderr)
+    trials = [trial_of(r) for r in runs]
+    earlier = {t.tags.get("mlflow.parentRunId") for t in trials} - {parent_id, None}
+    notes, hashes = [], {t.tags.get(tracking.HASH_TAG) for t in trials}
+    for t in trials:
+        if t.tags.get("mlflow.parentRunId") != parent_id:
+            t.name += f" (reused from sweep {t.tags.get('mlflow.parentRunId', '?')[:8]})"
+    for other in sorted(earlier):  # what the earlier sweep ran that this one no longer asks for
+        left = [r.info.run_name for r in registry.read_sweep(cfg, other)[2] if r.data.tags.get(tracking.HASH_TAG) not in hashes]
+        if left:
+            notes.append(f"sweep {other} also ran {', '.join(left)}: not asked for by this sweep, so not part of its decision")
+    return Sweep(parent_id, Path(sweep_dir) if sweep_dir else None, trials, notes)
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -207,8 +221,10 @@ def markdown(sweep: Sweep, rule: Rule, decision: Decision, front: list[Trial]) -
     out = [
         f"# Sweep {sweep.parent_id}",
         "",
-        f"- Trials: {len(sweep.trials)} ({len(sweep.trials) - len(done)} failed or without the metrics a decision needs); "
+        f"- Trials: {len(sweep.trials)} ({len(sweep.trials) - len(done)} failed or without the metrics a decision needs; "
+        f"{sum('(reused from sweep' in t.name for t in sweep.trials)} reused from an earlier sweep by resume=true); "
         f"folder: {sweep.sweep_dir or 'unknown'}",
+        *[f"- Left out: {n}" for n in sweep.notes],
         f"- Rule: {rule}",
         f"- Champion: {note}",
         f"- Decided on: {decision.decided_on}",
@@ -311,7 +327,7 @@ def register(decision: Decision, rule: Rule, sweep: Sweep, model_name: str, forc
             f"[{m['speedup_ci_low']:.2f}, {m['speedup_ci_high']:.2f}] over {p.get('protocol.reference', 'the reference')} "
             f"({decision.decided_on.split(':')[0]}), {p.get('protocol.threads', '?')} threads, batch 1; accuracy {m['accuracy']:.4f} "
             f"on {p.get('protocol.n_scored', '?')} scored plates (chosen on {p.get('protocol.n_val', '?')} validation plates). "
-            "Input: uint8 (N, H, W, 3) BGR images; output: plate, confidence."
+            f"Input: {deploy.INPUT}."
         )
         tags = {"rule": str(rule), "trial": champion.name, registry.SWEEP_RUN_TAG: sweep.parent_id,
                 registry.TRIAL_RUN_TAG: champion.run_id, **{k: _readable(k, m[k]) for k in REGISTRY_TAGS if k in m}}

@@ -31,3 +31,8 @@ def check_interrupted() -> None:
     """Raise again if a signal came and some library swallowed its KeyboardInterrupt."""
     if _interrupted:
         raise KeyboardInterrupt(f"signal {_interrupted[0]}")
+
+
+def received() -> str | None:
+    """The signal that arrived (SIGTERM, SIGINT), or None."""
+    return _interrupted[0] if _interrupted else None

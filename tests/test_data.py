@@ -79,3 +79,14 @@ def test_calibration_and_validation_must_leave_plates_to_score():
 
 def test_encode_uses_the_class_list():
     assert data.encode("京A0") == [0, 41, 31]
+
+
+def test_an_empty_image_file_is_named_not_a_decoder_assertion(tmp_path, capsys):
+    from lpr_sweep import predict
+
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(data.DataError, match="the file is empty \\(0 bytes\\)"):
+        data.read_bgr(empty)
+    assert predict.main([str(empty)]) == 1  # no model is loaded for no readable image
+    assert capsys.readouterr().err.strip() == f"error: cannot decode image {empty}: the file is empty (0 bytes); replace or remove it"

@@ -34,6 +34,27 @@ def test_images_must_be_uint8_bgr_batches():
         deploy.read_plates(lambda x: x, np.zeros((24, 94, 3), np.uint8))
 
 
+@pytest.mark.parametrize("images, line", [
+    (np.full((1, 24, 94, 3), 0.5), "expected uint8 pixel values 0-255 as OpenCV decodes an image, got float64 in [0.5, 0.5]"),
+    (np.zeros((24, 94, 3), np.uint8), "expected images of shape (N, H, W, 3), BGR, got shape (24, 94, 3)"),
+    (np.zeros((1, 24, 94, 4), np.uint8), "got shape (1, 24, 94, 4)"),
+    (np.zeros((0,)), "empty batch (0,): send at least one image"),
+    (np.zeros((1, 1, 1, 3), np.uint8), "images of 1x1 px are too small to hold a plate; send crops of at least 47x12 px"),
+    (np.full((1, 24, 94, 3), 300), "got int64 in [300, 300]"),
+])
+def test_the_model_refuses_what_it_cannot_read_in_one_line(images, line):
+    with pytest.raises(ValueError) as e:
+        deploy.check_images(images)
+    assert line in str(e.value) and "\n" not in str(e.value)
+
+
+def test_integer_pixels_from_json_are_taken_and_blank_images_are_flagged():
+    as_json = np.asarray(np.full((2, 24, 94, 3), 200).tolist())  # what the server parses: int64
+    assert deploy.check_images(as_json).dtype == np.uint8
+    noisy = np.random.default_rng(0).integers(0, 256, (1, 24, 94, 3), dtype=np.uint8)
+    assert list(deploy.blank(np.concatenate([np.zeros((1, 24, 94, 3), np.uint8), noisy]))) == [True, False]
+
+
 def _trial(tmp_path, store, *overrides):
     metrics = pipeline.run(compose_cfg([*overrides, *store]), workdir=tmp_path / "w")
     (run,) = mlflow.search_runs(experiment_names=["lpr_sweep"], output_format="list", order_by=["start_time DESC"], max_results=1)
@@ -54,8 +75,10 @@ def test_the_logged_model_reproduces_its_trial_on_tiny_data(tmp_path, tiny_root,
     model = mlflow.pyfunc.load_model(run.data.tags[tracking.MODEL_TAG])
     out = model.predict(_images(tiny_root, [r["file"] for r in rows]))
     assert list(out["plate"]) == [r["prediction"] for r in rows]
-    assert ((out["confidence"] > 0) & (out["confidence"] <= 1)).all()
-    assert model.metadata.get_input_schema().inputs[0].type == np.dtype(np.uint8)
+    assert ((out["confidence"] > 0) & (out["confidence"] <= 1)).all() and not out["blank"].any()
+    assert model.metadata.get_input_schema() is None and "uint8 (N, H, W, 3) BGR" in model.metadata.metadata["input"]
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"expected uint8 pixel values 0-255"):
+        model.predict(_images(tiny_root, [rows[0]["file"]]) / 255.0)
 
 
 @pytest.mark.slow
@@ -83,6 +106,13 @@ def test_real_plates_through_load_model_the_server_and_predict(tmp_path, real_ro
         body = json.dumps({"inputs": five.tolist()}).encode()
         answer = _post(f"http://127.0.0.1:{port}/invocations", body)
         assert [p["plate"] for p in answer["predictions"]] == [r["prediction"] for r in rows[:5]]
+        assert not any(p["blank"] for p in answer["predictions"])
+        black = _post(f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": [[[[0, 0, 0]] * 94] * 24]}).encode())
+        assert black["predictions"][0]["blank"] is True
+        for bad, line in [((five / 255.0).round(3).tolist(), "expected uint8 pixel values 0-255"), ([], "empty batch"),
+                          ([[[[1, 2, 3]]]], "images of 1x1 px are too small to hold a plate")]:
+            status, text = _post_status(f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": bad}).encode())
+            assert status == 400 and line in text, (status, text[-500:])
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -131,3 +161,14 @@ def test_predict_without_a_champion_says_how_to_get_one(tmp_path, tiny_root, cap
     image = tiny_root / "images" / f"{__import__('conftest').PLATES[0]}.jpg"
     assert predict.main(["--tracking-uri", f"sqlite:///{tmp_path}/empty.db", str(image)]) == 1
     assert "cannot load model models:/lpr_sweep@champion" in capsys.readouterr().err
+
+
+def _post_status(url, body):
+    """(HTTP status, body) of a request the server refuses."""
+    import urllib.error
+
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}), timeout=60)
+        return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

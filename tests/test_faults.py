@@ -62,7 +62,21 @@ CASES = {  # name: (setup of the data root, extra arguments, exit code, line tha
     "cuda without a GPU, as a sweep": (None, ["-m", "hardware=cuda", "prune.ratio=0.1,0.2"], 1,
                                        "0 trials finished, 0 failed, 2 never recorded"),
     "a bad TVM target": (None, ["runtime=tvm", "compile=untuned", "compile.target=znver4"], 1, "is not a JSON target"),
+    "a cache folder that cannot be created": (None, ["cache.dir=/dev/null/cache"], 1,
+                                              "stage cache folder /dev/null/cache/export cannot be created (Not a directory); set cache.dir"),
+    "an artifact store that cannot be written": (None, ["tracking.artifact_root=/dev/null/mlruns"], 1,
+                                                 "MLflow artifact store /dev/null/mlruns (experiment 'lpr_sweep') cannot be written"),
+    # refused before the sweep's parent run exists: nothing is recorded at all
+    "a typo in one list value": (None, ["-m", "runtime=onnxruntime,onnxruntim"], 1, "Could not find 'runtime/onnxruntim'"),
+    "a search interval written backwards": (None, ["-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=2",
+                                                   "prune.ratio=interval(0.9,0.1)"], 1, "interval(a, b) needs a < b"),
+    "a search with no trials": (None, ["-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=0"], 1,
+                                "hydra.sweeper.n_trials=0 must be >= 1"),
+    "a search choice that does not exist": (None, ["-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=2",
+                                                   "runtime=choice(onnxruntime,bogus)"], 1, "runtime=bogus cannot be composed"),
 }
+NO_PARENT = {"a typo in one list value", "a search interval written backwards", "a search with no trials",
+             "a search choice that does not exist"}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -78,6 +92,8 @@ def test_each_fault_exits_with_one_line_and_no_traceback(case, tmp_path):
     assert done.returncode == code, done.stderr[-2000:]
     assert line in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr + done.stdout
+    if case in NO_PARENT and (tmp_path / "mlflow.db").is_file():
+        assert sqlite3.connect(tmp_path / "mlflow.db").execute("select count(*) from runs").fetchone() == (0,)
     if (tmp_path / "mlflow.db").is_file() and case != "corrupt MLflow store":
         runs = sqlite3.connect(tmp_path / "mlflow.db").execute("select status from runs").fetchall()
         assert ("FINISHED",) not in runs and ("RUNNING",) not in runs  # nothing recorded as done, nothing left open

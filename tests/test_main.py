@@ -79,6 +79,8 @@ def test_interrupted_sweep_is_closed_and_resume_reruns_only_the_rest(tmp_path, t
     finished = {r.info.run_id for r in children if r.info.status == "FINISHED"}
     log = sent + "\n" + (tmp_path / "out.log").read_text()[-3000:]
     assert parent.info.status == "KILLED", log
+    assert "Traceback" not in log and f"error: interrupted by {sig.name}; finished trials are kept" in log, log
+    assert proc.returncode == 128 + sig, log
     assert 1 <= len(finished) < 4, log
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)  # nothing left RUNNING
     if sig != signal.SIGTERM:
@@ -140,3 +142,70 @@ def test_unreachable_server_fails_the_sweep_at_once(tmp_path, tiny_root):
                f"data.root={tiny_root}", "prune.ratio=0.1,0.2", f"hydra.sweep.dir={tmp_path}/s", timeout=300)
     assert done.returncode != 0 and "is unreachable" in done.stderr and "start it" in done.stderr
     assert time.time() - t0 < 60
+
+
+@pytest.mark.slow
+def test_a_resume_while_the_sweep_runs_is_refused_and_no_trial_runs_twice(tmp_path, tiny_root, store):
+    slow = "benchmark.calls_per_block=1500"
+    proc = subprocess.Popen([sys.executable, "-m", "lpr_sweep", *_args(tmp_path, tiny_root, store, "prune.ratio=0.15,0.35,0.55", slow)],
+                            cwd=REPO, stdout=open(tmp_path / "out.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (tmp_path / "sweep" / tracking.PARENT_FILE).exists():
+            time.sleep(0.5)
+        time.sleep(3)  # the first trial is running
+        # the same command from another folder (a new hydra.sweep.dir, as a user gets by default)
+        again = cli(*_args(tmp_path, tiny_root, store, "prune.ratio=0.15,0.35,0.55", slow, "resume=true")[:-2],
+                    f"hydra.sweep.dir={tmp_path}/again", f"cache.dir={tmp_path}/cache")
+        assert proc.poll() is None, "the sweep ended before the resume was tried; the test proves nothing"
+        assert again.returncode == 1 and f"is still running (pid {proc.pid} on " in again.stderr, again.stderr[-2000:]
+        assert "Traceback" not in again.stderr
+        assert proc.wait(timeout=600) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    (parent,), children = _runs(store)
+    assert parent.info.status == "FINISHED" and len(children) == 3  # each trial once
+    assert all(r.info.status == "FINISHED" and "error" not in r.data.tags for r in children)
+    # the owner is gone: a resume now takes over and finds everything done
+    done = cli(*_args(tmp_path, tiny_root, store, "prune.ratio=0.15,0.35,0.55", slow, "resume=true")[:-2],
+               f"hydra.sweep.dir={tmp_path}/later", f"cache.dir={tmp_path}/cache")
+    assert done.returncode == 0 and done.stdout.count("resume: already FINISHED") + done.stderr.count("resume: already FINISHED") == 3
+
+
+def test_the_sweep_lock_names_its_owner_and_dies_with_it(tmp_path, monkeypatch):
+    from lpr_sweep.tracking import sweep
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    owner = subprocess.Popen([sys.executable, "-c", "import sys, time; from lpr_sweep.tracking import sweep; sweep.claim('p1'); "
+                              "print('held', flush=True); time.sleep(60)"], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    try:
+        assert owner.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match=f"sweep p1 is still running \\(pid {owner.pid} on "):
+            sweep.claim("p1")
+    finally:
+        owner.kill()
+        owner.wait()
+    assert sweep.claim("p1").startswith(f"pid {os.getpid()} on ")  # its owner died: taken over
+    assert sweep.claim("p2")  # other sweeps are not affected
+
+
+@pytest.mark.slow
+def test_a_resume_with_an_edited_list_keeps_the_trials_it_reuses_and_names_the_rest(tmp_path, tiny_root, store):
+    from lpr_sweep import report
+
+    first = cli(*_args(tmp_path / "a", tiny_root, store, "prune.ratio=0.1,0.3,0.5"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = cli(*_args(tmp_path / "b", tiny_root, store, "prune.ratio=0.1,0.7", "resume=true"))
+    assert second.returncode == 0, second.stderr[-2000:]
+    cfg, parents, _ = sweep_runs(store)
+    newest = max(parents, key=lambda r: r.info.start_time)
+    assert newest.data.metrics["n_trials"] == 2  # 0.1 counts, though it ran in the first sweep
+    sweep = report.load(cfg, newest.info.run_id)
+    # run names are Hydra's override_dirname: every override but the paths, so match on the swept value
+    reused = [t.name for t in sweep.trials if "(reused from sweep" in t.name]
+    fresh = [t.name for t in sweep.trials if "(reused from sweep" not in t.name]
+    assert len(reused) == 1 and "prune.ratio=0.1," in reused[0] and len(fresh) == 1 and "prune.ratio=0.7," in fresh[0]
+    (note,) = sweep.notes
+    assert "also ran " in note and "prune.ratio=0.3," in note and "prune.ratio=0.5," in note and "prune.ratio=0.1," not in note
+    assert len([r for r in MlflowClient().search_runs([tracking.experiment_id(cfg)], "tags.`lpr_sweep.role` = 'trial'")]) == 4

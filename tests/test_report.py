@@ -198,3 +198,8 @@ def test_report_refuses_empty_and_unknown_sweeps(mlstore, tmp_path, capsys):
     empty = client.create_run(tracking.experiment_id(cfg), run_name="e", tags={tracking.ROLE_TAG: "sweep"}).info.run_id
     assert report.main(["--tracking-uri", cfg.uri, "--sweep", empty]) == 1
     assert "has no trials" in capsys.readouterr().err
+    # the latest sweep stopped before its first trial: `latest` skips it with a note and reports the one before
+    assert _report(cfg, "--no-register") == 0
+    out, err = capsys.readouterr()
+    assert f"note: skipped 1 newer sweep(s) that hold no trial ({empty}); reporting {ids['new']}" in err
+    assert f"# Sweep {ids['new']}" in out

@@ -23,6 +23,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
+SAMPLERS = {"nsga2": "NSGAIISampler", "tpe": "TPESampler", "random": "RandomSampler"}  # optuna.samplers
 
 
 class ListSweeper(BasicSweeper):
@@ -81,12 +82,10 @@ class OptunaSweeper(Sweeper):
     def _study(self):
         import optuna
 
-        samplers = {"nsga2": optuna.samplers.NSGAIISampler, "tpe": optuna.samplers.TPESampler,
-                    "random": optuna.samplers.RandomSampler}
-        if self.sampler not in samplers:
-            raise ValueError(f"hydra.sweeper.sampler={self.sampler!r} is unknown; use one of {sorted(samplers)}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"hydra.sweeper.sampler={self.sampler!r} is unknown; use one of {sorted(SAMPLERS)}")
         return optuna.create_study(
-            study_name=self.study_name, storage=self.storage, sampler=samplers[self.sampler](seed=self.seed),
+            study_name=self.study_name, storage=self.storage, sampler=getattr(optuna.samplers, SAMPLERS[self.sampler])(seed=self.seed),
             directions=self.directions, load_if_exists=self.storage is not None,
         )
 

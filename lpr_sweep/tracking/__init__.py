@@ -30,6 +30,7 @@ ROLE_TAG = "lpr_sweep.role"  # "sweep" for parents, "trial" for children
 HASH_TAG = "lpr_sweep.config_hash"  # what resume=true matches finished trials by
 CONTRACT = {"accuracy", "speedup", "speedup_ci_low", "speedup_ci_high", "size_file_bytes"}  # what a finished trial holds
 MODEL_TAG = "lpr_sweep.model_uri"  # the trial's logged MLflow Model (models:/m-...)
+REUSED_TAG = "lpr_sweep.reused_by."  # + a parent run id: a finished trial that a resumed sweep took instead of rerunning
 _REPO = Path(__file__).resolve().parents[2]
 _VERSIONED = ("torch", "onnx", "mlflow", "hydra-core", "numpy")  # a trial adds its runtime's and backend's
 
@@ -88,10 +89,12 @@ def experiment_id(cfg: TrackingConfig) -> str:
         with _store_lock(uri):  # two processes creating one SQLite schema at once would lose one's records
             found = mlflow.get_experiment_by_name(cfg.experiment)
             if found is not None:
+                _check_artifacts(found.artifact_location, cfg)
                 return found.experiment_id
             location = None  # a tracking server chooses its own artifact store
             if cfg.artifact_root:
                 location = cfg.artifact_root if "://" in cfg.artifact_root else (launch_dir() / cfg.artifact_root).resolve().as_uri()
+                _check_artifacts(location, cfg)
             try:
                 return mlflow.create_experiment(cfg.experiment, artifact_location=location)
             except MlflowException:  # another process created it first
@@ -106,6 +109,24 @@ def experiment_id(cfg: TrackingConfig) -> str:
             f"MLflow store {cfg.uri} cannot be used ({type(e).__name__}: {str(e).splitlines()[0][:200]}); if it is read-only, "
             "make it writable; if it is corrupt, move it aside (a new one is created); or point tracking.uri elsewhere"
         ) from None
+
+
+def _check_artifacts(location: str, cfg: TrackingConfig) -> None:
+    """A local artifact store must take files before a trial spends minutes on results it cannot keep."""
+    from urllib.parse import unquote, urlparse
+
+    if not location or not location.startswith(("file:", "/")):
+        return  # a server's or a cloud store: it answers for itself
+    folder = Path(unquote(urlparse(location).path) if location.startswith("file:") else location)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"MLflow artifact store {folder} (experiment {cfg.experiment!r}) cannot be written ({e.strerror or e}); "
+                          "make it writable, or use another experiment (tracking.experiment=name) with a writable "
+                          "tracking.artifact_root") from None
 
 
 @contextlib.contextmanager
@@ -184,6 +205,15 @@ def latest_per_config(runs: list[Any]) -> list[Any]:
     for run in sorted(runs, key=lambda r: (r.info.status == "FINISHED", r.info.start_time)):
         best[run.data.tags.get(HASH_TAG) or run.info.run_id] = run
     return list(best.values())
+
+
+def sweep_trials(client: Any, exp: str, parent: str) -> list[Any]:
+    """A sweep's trials, each config once: its own children, and the finished trials of earlier sweeps
+    that it reused under ``resume=true`` (tagged ``REUSED_TAG`` + its id)."""
+    own = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'", max_results=5000)
+    ids = {r.info.run_id for r in own}
+    reused = client.search_runs([exp], f"tags.`{REUSED_TAG}{parent}` = '1'", max_results=5000)
+    return latest_per_config(own + [r for r in reused if r.info.run_id not in ids])
 
 
 def load_model(uri: str, tracking: str) -> Any:

@@ -5,10 +5,18 @@ runtime and files (ONNX on ONNX Runtime, an OpenVINO IR, a TVM library with its 
 program), with the preprocessing and the CTC greedy decoding inside, so ``mlflow models serve``
 or ``mlflow.pyfunc.load_model`` reads plates with no code of the user's.
 
-- Input: a batch of plate images as OpenCV decodes them, uint8 (N, H, W, 3), BGR. Images that are
-  not 94x24 are resized as the data loader does (``data.preprocess``).
-- Output: one row per image: ``plate`` (the decoded string) and ``confidence`` (the mean over the
-  18 columns of the softmax probability of the greedy path's class).
+- Input: a batch of plate images as OpenCV decodes them, uint8 (N, H, W, 3), BGR, at least
+  ``MIN_W`` x ``MIN_H`` pixels. Images that are not 94x24 are resized as the data loader does
+  (``data.preprocess``). JSON has no uint8, so integer pixel values 0-255 are taken too; anything
+  else (floats such as an image scaled to [0, 1], another rank or channel count, an empty batch,
+  smaller images) is refused with one line, which ``mlflow models serve`` answers with HTTP 400.
+  That is why the signature declares no input schema: with one, MLflow's server casts a float
+  request to uint8 before the model sees it, and [0, 1] floats read as a black image.
+- Output: one row per image: ``plate`` (the decoded string), ``confidence`` (the mean over the 18
+  columns of the softmax probability of the greedy path's class: how sure the model is of its own
+  reading, not the probability that the plate is right; a blank image still scores above 0.9) and
+  ``blank`` (the image has no contrast, pixel standard deviation below ``BLANK_STD``: its plate
+  means nothing whatever the confidence).
 
 The files go in as one artifact folder with ``deploy.json``: the runtime's name, the file it loads
 (the runtime's first artifact) and the threads. MLflow's ONNX flavor alone would serve logits, not
@@ -27,6 +35,10 @@ import mlflow.pyfunc
 import numpy as np
 
 SPEC = "deploy.json"
+MIN_H, MIN_W = 12, 47  # half the model's 24x94 input: a smaller crop holds no readable plate
+BLANK_STD = 2.0  # pixel standard deviation (0-255) below which an image is blank
+INPUT = (f"uint8 (N, H, W, 3) BGR images as OpenCV decodes them (integers 0-255 in JSON), at least {MIN_W}x{MIN_H} px; "
+         "output: plate, confidence, blank")
 _SERVING_PACKAGES = ("mlflow", "numpy", "pandas", "opencv-python-headless")
 
 
@@ -37,6 +49,26 @@ def confidence(logits: np.ndarray) -> np.ndarray:
     return probs.max(axis=1).mean(axis=1)
 
 
+def check_images(images: Any) -> np.ndarray:
+    """The batch as uint8 (N, H, W, 3), or ValueError with one line that names what is wrong and the fix."""
+    a = np.asarray(images)
+    if a.size == 0:
+        raise ValueError(f"empty batch {a.shape}: send at least one image, {INPUT}")
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"expected images of shape (N, H, W, 3), BGR, got shape {a.shape}: a single image needs a batch axis "
+                         "(img[None]); grey or BGRA images need cv2.cvtColor to BGR")
+    if a.dtype != np.uint8:
+        integral = np.issubdtype(a.dtype, np.integer) and a.min() >= 0 and a.max() <= 255
+        if not integral:
+            raise ValueError(f"expected uint8 pixel values 0-255 as OpenCV decodes an image, got {a.dtype} in "
+                             f"[{a.min():g}, {a.max():g}]; an image scaled to [0, 1] needs (img * 255).astype('uint8')")
+        a = a.astype(np.uint8)
+    if a.shape[1] < MIN_H or a.shape[2] < MIN_W:
+        raise ValueError(f"images of {a.shape[2]}x{a.shape[1]} px are too small to hold a plate; send crops of at least "
+                         f"{MIN_W}x{MIN_H} px (the model reads 94x24)")
+    return a
+
+
 def read_plates(run: Any, images: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Plates and confidences of uint8 BGR images (N, H, W, 3) through a runtime."""
     from lpr_sweep import data, evaluate
@@ -45,6 +77,11 @@ def read_plates(run: Any, images: np.ndarray) -> tuple[list[str], np.ndarray]:
         raise ValueError(f"expected uint8 images of shape (N, H, W, 3) in BGR order, got {images.dtype} {images.shape}")
     logits = run(np.ascontiguousarray(np.stack([data.preprocess(img) for img in images])))
     return evaluate.decode(logits), confidence(logits)
+
+
+def blank(images: np.ndarray) -> np.ndarray:
+    """(N,) True where an image has no contrast to read."""
+    return images.reshape(len(images), -1).std(axis=1) < BLANK_STD
 
 
 class PlateReader(mlflow.pyfunc.PythonModel):
@@ -64,9 +101,15 @@ class PlateReader(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-        plates, conf = read_plates(self.runtime, np.asarray(model_input))
-        return pd.DataFrame({"plate": plates, "confidence": conf.astype(np.float64)})
+        try:
+            images = check_images(model_input)
+        except ValueError as e:  # the server answers an MlflowException of this code with HTTP 400
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+        plates, conf = read_plates(self.runtime, images)
+        return pd.DataFrame({"plate": plates, "confidence": conf.astype(np.float64), "blank": blank(images)})
 
 
 def files_folder(rt: Any, runtime_name: str, threads: int, out: Path) -> Path:
@@ -92,9 +135,7 @@ def requirements(packages: tuple[str, ...]) -> list[str]:
 
 def signature():
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import ColSpec, Schema
 
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-        outputs=Schema([ColSpec("string", "plate"), ColSpec("double", "confidence")]),
-    )
+    # No input schema: the model checks its input itself (check_images); see the module docstring.
+    return ModelSignature(outputs=Schema([ColSpec("string", "plate"), ColSpec("double", "confidence"), ColSpec("boolean", "blank")]))

@@ -180,6 +180,7 @@ def log_model(rt: Any, runtime_name: str, threads: int, packages: tuple[str, ...
         info = mlflow.pyfunc.log_model(
             name="model", python_model=deploy.PlateReader(), artifacts={"files": str(folder)},
             signature=deploy.signature(), input_example=example, pip_requirements=deploy.requirements(packages),
+            metadata={"input": deploy.INPUT},
         )
     finally:
         pyfunc_log.setLevel(level)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lpr_sweep.tracking import ROLE_TAG, TrackingConfig, latest_per_config, tracking_uri
+from lpr_sweep.tracking import ROLE_TAG, TrackingConfig, sweep_trials, tracking_uri
 
 SWEEP_RUN_TAG = "sweep_run_id"  # on a registered version: the sweep (parent run) that registered it
 TRIAL_RUN_TAG = "trial_run_id"  # ... and the trial run whose logged model it is
@@ -66,28 +66,38 @@ def sweep_version(name: str, parent_id: str) -> Any | None:
     return next((v for v in versions if v.tags.get(SWEEP_RUN_TAG) == parent_id), None)
 
 
-def read_sweep(cfg: TrackingConfig, sweep: str = "latest") -> tuple[str, str | None, list[Any]]:
-    """(parent run id, sweep folder, the trial runs, each config once); ``sweep`` is a parent run id or
-    ``latest``. LookupError with the fix when there is none."""
+def read_sweep(cfg: TrackingConfig, sweep: str = "latest") -> tuple[str, str | None, list[Any], list[str]]:
+    """(parent run id, sweep folder, the trial runs, each config once, the ids of newer sweeps skipped
+    because they hold no trial); ``sweep`` is a parent run id or ``latest``, the newest sweep that
+    holds a trial. LookupError with the fix when there is none."""
     from mlflow import MlflowClient
 
     exp = _experiment(cfg)
     client = MlflowClient()
+
+    def trials(parent_id: str) -> list[Any]:
+        return sweep_trials(client, exp, parent_id)
+
     if sweep == "latest":
-        parents = client.search_runs([exp], f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["start_time DESC"], max_results=1)
+        parents = client.search_runs([exp], f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["start_time DESC"], max_results=100)
         if not parents:
             raise LookupError(f"experiment {cfg.experiment!r} holds no sweep; run `python -m lpr_sweep -m ...` first")
-        parent = parents[0]
-    else:
-        try:
-            parent = client.get_run(sweep)
-        except Exception:
-            raise LookupError(f"no run {sweep!r} at {cfg.uri}; pass the parent run id shown by the sweep") from None
-    # a resumed sweep re-ran its interrupted trials: show each config once
-    runs = latest_per_config(client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=5000))
+        skipped = []
+        for parent in parents:  # a sweep stopped before its first trial leaves an empty parent: skip it
+            runs = trials(parent.info.run_id)
+            if runs:
+                return parent.info.run_id, parent.data.tags.get("sweep_dir"), runs, skipped
+            skipped.append(parent.info.run_id)
+        raise LookupError(f"no sweep in experiment {cfg.experiment!r} holds a trial ({len(skipped)} empty); run "
+                          "`python -m lpr_sweep -m ...` first")
+    try:
+        parent = client.get_run(sweep)
+    except Exception:
+        raise LookupError(f"no run {sweep!r} at {cfg.uri}; pass the parent run id shown by the sweep") from None
+    runs = trials(parent.info.run_id)
     if not runs:
         raise LookupError(f"sweep {parent.info.run_id} has no trials in experiment {cfg.experiment!r}; pass --sweep <parent run id>")
-    return parent.info.run_id, parent.data.tags.get("sweep_dir"), runs
+    return parent.info.run_id, parent.data.tags.get("sweep_dir"), runs, []
 
 
 def _experiment(cfg: TrackingConfig) -> str:

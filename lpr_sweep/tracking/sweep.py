@@ -7,10 +7,13 @@ marked KILLED on the way out.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import logging
+import os
+import socket
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -18,10 +21,47 @@ from omegaconf import DictConfig, OmegaConf
 from lpr_sweep import ConfigError
 from lpr_sweep.signals import handle_interrupts
 from lpr_sweep.tracking import (
-    PARENT_FILE, ROLE_TAG, UNRECORDED_FILE, TrackingConfig, experiment_id, latest_per_config, launch_dir, run_tags, tracking_uri,
+    PARENT_FILE, REUSED_TAG, ROLE_TAG, UNRECORDED_FILE, TrackingConfig, experiment_id, launch_dir, run_tags, sweep_trials,
+    tracking_uri,
 )
 
 log = logging.getLogger(__name__)
+
+
+OWNER_TAG = "lpr_sweep.owner"  # on the parent run: the process that runs (or last ran) the sweep
+_held: dict[str, IO[str]] = {}  # the sweeps this process owns: each lock is held until the process ends
+
+
+def lock_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lpr_sweep" / "locks"
+
+
+def claim(parent: str) -> str:
+    """Own the sweep ``parent`` for as long as this process lives: an flock on a file named for it, which
+    the kernel drops when the process dies, however it dies. SystemExit naming the owner when a live
+    process on this host holds it. Returns the owner line this process wrote."""
+    folder = lock_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / f"{parent}.lock", "a+", encoding="utf-8")
+    except OSError as e:
+        raise SystemExit(f"error: cannot create the sweep lock in {folder} ({e.strerror or e}); point XDG_CACHE_HOME at a "
+                         "writable folder") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "another process"
+        f.close()
+        raise SystemExit(f"error: sweep {parent} is still running ({owner}); wait for it or stop it, then run the same "
+                         "command with resume=true") from None
+    owner = f"pid {os.getpid()} on {socket.gethostname()}"
+    f.seek(0)
+    f.truncate()
+    f.write(owner + "\n")
+    f.flush()
+    _held[parent] = f
+    return owner
 
 
 def parent_run_id() -> str | None:
@@ -33,6 +73,13 @@ def parent_run_id() -> str | None:
         return None
     path = launch_dir() / HydraConfig.get().sweep.dir / PARENT_FILE
     return path.read_text().strip() if path.is_file() else None
+
+
+def link_reused(cfg: TrackingConfig, run_id: str, parent: str) -> None:
+    """Count a finished trial of an earlier sweep as this sweep's own (resume=true skipped rerunning it)."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri(cfg)).set_tag(run_id, REUSED_TAG + parent, "1")
 
 
 def record_unrecorded(name: str, error: BaseException) -> None:
@@ -55,21 +102,34 @@ def _config_of(config: DictConfig) -> TrackingConfig:
 
 
 def _close_interrupted(cfg: TrackingConfig, parent: str) -> None:
-    """At exit: a parent still RUNNING means the sweep was interrupted; close it and its trials."""
+    """At exit: a parent still RUNNING means the sweep did not reach its end. After a signal it and its
+    running trials are KILLED; after an error, FAILED. Resume is offered only when it can help."""
     from mlflow import MlflowClient
+
+    from lpr_sweep import signals
 
     try:
         client = MlflowClient(tracking_uri(cfg))
         if client.get_run(parent).info.status != "RUNNING":
             return
         exp = client.get_run(parent).info.experiment_id
-        for run in client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"):
-            client.set_tag(run.info.run_id, "error", "KeyboardInterrupt: the sweep was interrupted")
-            client.set_terminated(run.info.run_id, "KILLED")
-        client.set_terminated(parent, "KILLED")
-        log.warning("sweep interrupted: parent run %s marked KILLED; `resume=true` re-runs what did not finish", parent)
+        signal_name = signals.received()
+        status = "KILLED" if signal_name else "FAILED"
+        children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+        for run in children:
+            if run.info.status == "RUNNING":
+                client.set_tag(run.info.run_id, "error", f"KeyboardInterrupt: the sweep was interrupted by {signal_name}"
+                               if signal_name else "the sweep stopped on an error while this trial ran")
+                client.set_terminated(run.info.run_id, status)
+        client.set_terminated(parent, status)
+        if signal_name:
+            log.warning("sweep interrupted by %s: parent run %s marked KILLED; %s", signal_name, parent,
+                        "`resume=true` re-runs what did not finish" if children else "no trial had started")
+        else:
+            log.error("sweep stopped on an error before its end: parent run %s marked FAILED%s", parent,
+                      "; after fixing the error, `resume=true` re-runs what did not finish" if children else "; no trial had run")
     except Exception as e:  # exiting anyway: say what could not be recorded
-        log.error("could not mark the interrupted sweep %s KILLED: %s", parent, e)
+        log.error("could not close the unfinished sweep %s: %s", parent, e)
 
 
 def close_interrupted(tracking: DictConfig) -> None:
@@ -90,7 +150,10 @@ class SweepCallback(Callback):
     """Opens the parent run before the first trial and closes it with the sweep's outcome.
 
     With ``resume=true`` it reopens the latest unfinished parent run of the same command line, so a
-    resumed sweep stays one sweep; trials skip themselves when their config already FINISHED.
+    resumed sweep stays one sweep; trials skip themselves when their config already FINISHED. The
+    process that opens a parent owns it (``claim``): a resume while that process lives is refused,
+    and a resume after it died takes over. The lock lives on this host (under ``XDG_CACHE_HOME``);
+    Ray and SLURM workers run trials for the owner and claim nothing.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -108,19 +171,24 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         try:  # claimed before anything is recorded: two sweeps must never share a folder and a parent
-            claim = open(sweep_dir / PARENT_FILE, "x")
+            folder_claim = open(sweep_dir / PARENT_FILE, "x")
         except FileExistsError:
             if not config.get("resume"):
                 raise SystemExit(f"error: sweep folder {sweep_dir} is already used by another sweep; give this one its own "
                                  "hydra.sweep.dir=..., or add resume=true to continue that sweep") from None
-            claim = open(sweep_dir / PARENT_FILE, "w")  # resuming in the same folder: it will name the resumed parent
-        with claim:
+            # resuming in the same folder: it will name the resumed parent, once this process owns it
+            folder_claim = open(sweep_dir / PARENT_FILE, "r+")
+        with folder_claim:
             try:
                 run_id = self._open_parent(config, exp, sweep_dir)
+            except SystemExit:
+                raise
             except Exception as e:  # Hydra would turn it into a warning and run every trial without a parent
                 raise SystemExit(f"error: the sweep's parent run could not be recorded ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0][:200]}); nothing ran") from None
-            claim.write(run_id)
+            folder_claim.seek(0)
+            folder_claim.truncate()
+            folder_claim.write(run_id)
         handle_interrupts()
         atexit.register(_close_interrupted, cfg, run_id)
 
@@ -133,6 +201,8 @@ class SweepCallback(Callback):
         parent = _resumable_parent(client, exp, overrides) if config.get("resume") else None
         if parent is not None:
             run_id = parent.info.run_id
+            # before anything is marked: a live owner's RUNNING trials are not lost, and they must not run twice
+            client.set_tag(run_id, OWNER_TAG, claim(run_id))
             client.update_run(run_id, status="RUNNING")
             client.set_tag(run_id, "sweep_dir", str(sweep_dir.resolve()))
             for run in client.search_runs([exp], f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"):
@@ -144,6 +214,7 @@ class SweepCallback(Callback):
             tags = {**run_tags(), ROLE_TAG: "sweep", "sweep_dir": str(sweep_dir.resolve()), "sweep_overrides": overrides,
                     "mlflow.note.content": f"`python -m lpr_sweep -m {' '.join(config.hydra.overrides.task)}`"}
             run_id = client.create_run(exp, run_name=f"sweep {sweep_dir.name}", tags=tags).info.run_id
+            client.set_tag(run_id, OWNER_TAG, claim(run_id))
             # The sweep's own settings as the parent's params; a key given twice keeps its last value, as Hydra does.
             settings = dict(o.lstrip("+~").partition("=")[::2] for o in config.hydra.overrides.task)
             for key, value in settings.items():
@@ -165,7 +236,7 @@ class SweepCallback(Callback):
                 # Every job has returned, so nothing runs it: its process died (a lost node, a kill -9).
                 client.set_tag(run.info.run_id, "error", "LostWorker: the process running it died before it finished")
                 client.set_terminated(run.info.run_id, "FAILED")
-            children = latest_per_config(client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'"))
+            children = sweep_trials(client, exp, parent)
             failed = [r for r in children if r.info.status != "FINISHED"]
             client.log_metric(parent, "n_trials", len(children) + len(unrecorded))
             client.log_metric(parent, "n_failed", len(failed))
