@@ -1,4 +1,4 @@
-"""A runtime and a quant backend added from outside the package, the way the README says: one
+"""A runtime and a quant backend added from outside the package, the way docs/extending.md says: one
 module, one YAML, and a trial runs through them."""
 import sys
 import textwrap

@@ -13,9 +13,9 @@ at the borders.
 with all-zero channels (``align_channels``): the same logits, in shapes that CPU kernels block
 well (faster on ONNX Runtime; neutral on OpenVINO on AVX-512). ``pool_round_to`` pads what each
 channel-selecting max-pool passes on apart from that: OpenVINO's int8 max-pool on AVX2 runs about
-ten times slower off multiples of 32 channels (README, "Channel alignment"). ``slice_pools``
+ten times slower off multiples of 32 channels (docs/optimizations.md, "Channel alignment"). ``slice_pools``
 reorders each pool's producer so that the pool reads a prefix instead of gathering (``slice_pools``;
-README, "Pools that slice").
+docs/optimizations.md, "Pools that slice").
 """
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ def slice_pools(model: LPRNet, multiple: int = 1) -> dict[str, int]:
     pools take every second or fourth channel) only the order changes.
 
     A Gather over channels makes OpenVINO and ONNX Runtime convert the tensor to a plain layout and
-    back around it; a prefix is a Split, which they run in place (README, "Pools that slice"). A
+    back around it; a prefix is a Split, which they run in place (docs/optimizations.md, "Pools that slice"). A
     channel that a pool passes on again (padding, read through zero weights) is replaced by one the
     pool skips, or by a new zero channel once none is left. The logits stay the same: the readers'
     weights follow the order, and the global context's norm divides by a fixed count once

@@ -1,6 +1,6 @@
 """Int8 post-training quantization with an accuracy guard.
 
-Adding a quant backend is one module, one YAML and one test (README, "Adding a quant backend"): a
+Adding a quant backend is one module, one YAML and one test (docs/extending.md, "Adding a quant backend"): a
 module in this package named like the backend (or any importable module, named by
 ``quant.module``) that calls ``register(Backend(...))``, ``conf/quant/<name>.yaml`` and
 ``tests/test_quant_<name>.py``. The record says everything the rest of the code needs: its

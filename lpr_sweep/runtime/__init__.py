@@ -1,6 +1,6 @@
 """Runtimes run a model file on a batch of plates and name the deployable files they run.
 
-Adding a runtime is one module, one YAML and one test (README, "Adding a runtime"):
+Adding a runtime is one module, one YAML and one test (docs/extending.md, "Adding a runtime"):
 - a module in this package named like the runtime (or any importable module, named by
   ``runtime.module``) whose class is decorated with ``@register(name)``;
 - ``conf/runtime/<name>.yaml`` with ``name: <name>``;
