@@ -52,8 +52,9 @@ records: data ## re-tune the shipped TVM records on this CPU (every TVM preset's
 	$(PY) -m lpr_sweep -m optimization=mlc,prune_structured_mlc compile.records=none compile.cache_dir=$(CURDIR)/.records-cache
 	$(PY) -m lpr_sweep.records ship .records-cache
 
-ui: setup ## serve the MLflow UI on http://127.0.0.1:5000 and print the address of its runs table
+ui: setup ## serve the MLflow UI on http://127.0.0.1:5000 and print the addresses of its runs table and registry
 	@$(PY) -c "from lpr_sweep import tracking; print('open the runs table at', tracking.ui_url(tracking.TrackingConfig()))"
+	@echo "the model registry (champion alias) is at http://127.0.0.1:5000/#/models/lpr_sweep; if the UI opens on GenAI ('Traces'), click Model training once in the sidebar"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlruns --host 127.0.0.1 --port 5000
 
 clean: ## remove run outputs (keeps .venv)

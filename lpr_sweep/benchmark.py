@@ -274,7 +274,6 @@ def protocol(cfg: BenchmarkConfig, reference: str) -> dict[str, str]:
                                    "of the mean over loads of the median block ratio",
         "protocol.bench_host_busy": f"flagged bench_noisy when other processes used more than the cores this trial's threads "
                                     f"leave free + {cfg.max_other_cores:g} cores of this process's cores while it was timed",
-        "protocol.loadavg_1m": f"{os.getloadavg()[0]:.2f}",
     }
 
 
@@ -282,7 +281,9 @@ def run(loads: Sequence[Callable[[np.ndarray], object]], reference: Callable[[np
         cfg: BenchmarkConfig, threads: int, host: Host = host_cpu) -> dict[str, float]:
     """Paired latency over ``loads`` (separate loads of one model) on ``threads`` threads, throughput of the first."""
     spare = max(0, len(os.sched_getaffinity(0)) - threads)
+    load = os.getloadavg()[0]  # a reading of the machine, so a metric (a param would be charted as a setting)
     metrics = paired(loads, reference, inputs(plates, 1), cfg, host=host, spare_cores=spare)
     big = time_calls(loads[0], inputs(plates, cfg.throughput_batch), min(cfg.warmup, 3), cfg.throughput_repeats)
     metrics["throughput_ips"] = cfg.throughput_batch / (float(np.median(big)) / 1e3)
+    metrics["host_loadavg_1m"] = load
     return metrics

@@ -87,6 +87,27 @@ def expand(arguments: Sequence[str], jobs: Sequence[Sequence[str]]) -> list[list
     return out
 
 
+def named(jobs: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Each job with ``tracking.run_name``: the values of the keys that vary across the jobs
+    (``0.9 global``), short enough for a runs-table column and a chart legend. The full overrides
+    stay in the run's params and its ``lpr_sweep.overrides`` tag."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = [{o.get_key_element(): str(o.value()) for o in parser.parse_overrides(list(job))} for job in jobs]
+    keys = [k for k in dict.fromkeys(k for job in parsed for k in job)
+            if len({job.get(k) for job in parsed}) > 1 and not k.startswith("tracking.")]
+    if not keys:
+        return [list(job) for job in jobs]
+    names = [" ".join(job[k] for k in keys if k in job) or "default" for job in parsed]
+    return [[*job, f"tracking.run_name={quoted(name)}"] for job, name in zip(jobs, names)]
+
+
+def quoted(value: str) -> str:
+    """A Hydra override value that stays one string whatever it holds (spaces, commas, quotes)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _composes(config_name: str, overrides: list[str]) -> str | None:
     """None when the overrides compose into a config (ranges aside), else the one-line reason."""
     from hydra import compose

@@ -34,10 +34,14 @@ def _workdir() -> Path:
 
 
 def _run_name(cfg: config.Config) -> str:
+    return cfg.tracking.run_name or _overrides() or cfg.optimization.name
+
+
+def _overrides() -> str:
+    """The job's overrides but the paths (Hydra's override_dirname), or empty outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
 
-    overrides = HydraConfig.get().job.override_dirname if HydraConfig.initialized() else ""
-    return overrides or cfg.optimization.name
+    return HydraConfig.get().job.override_dirname if HydraConfig.initialized() else ""
 
 
 class Stages:
@@ -260,7 +264,7 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
 
     packages = runtime.get(conf.runtime).packages + (quant.backend_of(conf.quant).packages if conf.quant.backend != "none" else ())
     with record.trial(conf.tracking, run_name=name, params=params, parent_run_id=sweep.parent_run_id(),
-                        config_hash=config_hash, packages=packages):
+                        config_hash=config_hash, packages=packages, overrides=_overrides()):
         with stages("data"):
             root, calib, val, scored = data.load(conf.data)
         with stages("reference"):

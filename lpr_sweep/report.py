@@ -496,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         timer = final.run
     decision = decide(sweep, rule, incumbent, args.finalists, timer)
     registered = True
+    if decision.champion is not None:
+        registry.mark_best(sweep.parent_id, decision.champion.run_id, decision.champion.name,
+                           [t.run_id for t in sweep.trials if t.tags.get(registry.BEST_TAG) == sweep.parent_id])
     if decision.champion is not None and not args.no_register:
         try:
             decision.registry, registered = register(decision, rule, sweep, args.model_name, args.promote)

@@ -24,6 +24,14 @@ def test_every_shipped_yaml_composes_and_validates(group, option):
     assert isinstance(conf, config.Config)
 
 
+def test_help_is_the_projects_own():
+    done = cli("--help")
+    assert done.returncode == 0
+    for line in ("python -m lpr_sweep -m KEY=A,B", "resume=true", "python -m lpr_sweep -m prune.ratio=0.1,0.5,0.9",
+                 "optimization: baseline, mlc, prune,", "multirun/", "data.root=PATH"):
+        assert line in done.stdout, line
+
+
 def test_every_yaml_has_a_comment_line():
     for path in (REPO / "conf").rglob("*.yaml"):
         assert path.read_text(encoding="utf-8").lstrip().startswith("#"), path

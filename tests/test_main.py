@@ -202,10 +202,8 @@ def test_a_resume_with_an_edited_list_keeps_the_trials_it_reuses_and_names_the_r
     newest = max(parents, key=lambda r: r.info.start_time)
     assert newest.data.metrics["n_trials"] == 2  # 0.1 counts, though it ran in the first sweep
     sweep = report.load(cfg, newest.info.run_id)
-    # run names are Hydra's override_dirname: every override but the paths, so match on the swept value
-    reused = [t.name for t in sweep.trials if "(reused from sweep" in t.name]
-    fresh = [t.name for t in sweep.trials if "(reused from sweep" not in t.name]
-    assert len(reused) == 1 and "prune.ratio=0.1," in reused[0] and len(fresh) == 1 and "prune.ratio=0.7," in fresh[0]
+    names = sorted(t.name for t in sweep.trials)
+    assert len(names) == 2 and names[0].startswith("0.1 (reused from sweep") and names[1] == "0.7"
     (note,) = sweep.notes
-    assert "also ran " in note and "prune.ratio=0.3," in note and "prune.ratio=0.5," in note and "prune.ratio=0.1," not in note
+    assert "also ran 0.3, 0.5" in note or "also ran 0.5, 0.3" in note
     assert len([r for r in MlflowClient().search_runs([tracking.experiment_id(cfg)], "tags.`lpr_sweep.role` = 'trial'")]) == 4

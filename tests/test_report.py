@@ -131,6 +131,11 @@ def test_report_writes_logs_and_registers_the_champion(mlstore, capsys):
     assert client.get_model_version_by_alias("lpr_sweep", "champion").tags["trial"] == "p"
     assert _report(cfg, "--objective", "accuracy", "--promote") == 0
     assert client.get_model_version_by_alias("lpr_sweep", "champion").tags["trial"] == "base"
+    # the runs table finds the decisions by tag: the champion tag moved with the alias, the sweep names its best
+    exp = tracking.experiment_id(cfg)
+    assert [r.info.run_name for r in client.search_runs([exp], "tags.`lpr_sweep.champion` = 'true'")] == ["base"]
+    assert [r.info.run_name for r in client.search_runs([exp], f"tags.`lpr_sweep.best_of_sweep` = '{ids['new']}'")] == ["base"]
+    assert client.get_run(ids["new"]).data.tags["lpr_sweep.best_trial"] == "base"
 
 
 def _add_sweep(cfg, tmp_path, name, rows):
@@ -164,6 +169,9 @@ def test_the_gate_keeps_the_champion_against_worse_models_and_moves_it_for_a_bet
     assert "(champion v1)" in text  # the incumbent stood in the final
     assert client.get_model_version_by_alias("lpr_sweep", "champion").version == 1
     assert client.get_model_version_by_alias("lpr_sweep", "challenger").tags["trial"] == "w1"
+    exp = tracking.experiment_id(cfg)
+    assert [r.info.run_name for r in client.search_runs([exp], "tags.`lpr_sweep.champion` = 'true'")] == ["p"]
+    assert [r.info.run_name for r in client.search_runs([exp], "tags.`lpr_sweep.challenger` = 'true'")] == ["w1"]
     assert "It held against version 2 (w1" in client.get_registered_model("lpr_sweep").description
     # tied on speed within the margin (2.06x against 2.00x) and no more accurate: the champion holds
     _add_sweep(cfg, tmp_path, "tied", [("t1", 0.895, 2.06)])
@@ -176,6 +184,7 @@ def test_the_gate_keeps_the_champion_against_worse_models_and_moves_it_for_a_bet
     assert "is now 'champion' (the challenger is faster beyond the margin: 3.00x against 2.00x)" in (
         tmp_path / "better" / "report.md").read_text()
     assert client.get_model_version_by_alias("lpr_sweep", "champion").tags["trial"] == "b1"
+    assert [r.info.run_name for r in client.search_runs([exp], "tags.`lpr_sweep.champion` = 'true'")] == ["b1"]
 
 
 @pytest.mark.slow

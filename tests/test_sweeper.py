@@ -21,6 +21,15 @@ def test_expand_appends_each_jobs_sweeps_to_the_command_line():
     assert config.expand(["a=1,2"], []) == [["a=1"], ["a=2"]]
 
 
+def test_run_names_are_the_values_that_vary_and_survive_hydras_grammar():
+    jobs = config.named([["a=1", "p=0.1", "s=layer"], ["a=1", "p=0.9", "s=global"], ["a=1", "w='x y,z'"]])
+    assert [job[-1] for job in jobs] == ["tracking.run_name='0.1 layer'", "tracking.run_name='0.9 global'",
+                                         "tracking.run_name='x y,z'"]
+    parsed = OverridesParser.create().parse_overrides([jobs[2][-1]])[0]
+    assert parsed.value() == "x y,z" and not parsed.is_sweep_override()
+    assert config.named([["a=1"]]) == [["a=1"]]  # nothing varies: no name; the run falls back to its overrides
+
+
 def test_published_table_is_the_six_rows_plus_the_pruning_sweep_and_every_job_validates():
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=published_table"], return_hydra_config=True)
@@ -79,7 +88,9 @@ def test_list_sweep_runs_its_jobs_and_reports(tmp_path, tiny_root, store):
     cfg, parent, children = _children(store)
     rows = sorted((r.data.params["optimization.name"], r.data.params["prune.scope"], r.data.params["prune.ratio"]) for r in children)
     assert rows == [("baseline", "global", "0.0"), ("prune", "global", "0.5"), ("prune", "layer", "0.5")]
-    assert all("optimization=" in r.info.run_name for r in children)
+    # short names: the values of the keys that vary, in a column's width; the full overrides in a tag
+    assert sorted(r.info.run_name for r in children) == ["baseline", "prune global", "prune layer"]
+    assert all("data.calib_size=2" in r.data.tags["lpr_sweep.overrides"] for r in children)
     assert all(r.info.status == "FINISHED" for r in children)
     assert report.main(["--tracking-uri", cfg.uri, "--objective", "accuracy", "--no-register"]) == 0
     assert "Champion: " in (tmp_path / "sweep" / "report.md").read_text()
@@ -106,6 +117,7 @@ def test_search_sweep_runs_its_budget_of_valid_trials(tmp_path, tiny_root, store
     for r in children:
         assert 0.0 <= float(r.data.params["prune.ratio"]) <= 0.9 and r.data.params["prune.scope"] == "layer"
         assert r.data.params["quant.backend"] == "none" or r.data.params["runtime.name"] == "openvino"
+        assert r.info.run_name.split()[0] == f"{float(r.data.params['prune.ratio']):.3g}"  # the sampled values, short
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert results["objectives"] == ["val_accuracy", "speedup"] and results["pareto_front"]
     assert all(len(t["values"]) == 2 for t in results["pareto_front"])

@@ -32,10 +32,10 @@ class ListSweeper(BasicSweeper):
         self.jobs = [list(job) for job in jobs]
 
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
-        from lpr_sweep.config import expand  # imported late: Hydra imports every plugin at start-up
+        from lpr_sweep.config import expand, named  # imported late: Hydra imports every plugin at start-up
 
         arguments = [o.input_line for o in overrides if o.input_line]
-        return list(self.split_overrides_to_chunks(expand(arguments, self.jobs), max_batch_size))
+        return list(self.split_overrides_to_chunks(named(expand(arguments, self.jobs)), max_batch_size))
 
 
 def distribution(override: Override) -> Any:
@@ -104,6 +104,8 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> list[dict[str, Any]]:
         import optuna
 
+        from lpr_sweep.config import quoted
+
         parser = OverridesParser.create()
         space = {}
         fixed = []
@@ -124,9 +126,10 @@ class OptunaSweeper(Sweeper):
             while len(batch) < min(self.n_jobs, self.n_trials - launched):
                 trial = study.ask(space)
                 overrides = fixed + [f"{k}={v}" for k, v in trial.params.items()]
+                name = " ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in trial.params.values())
                 reason = self._valid(overrides)
                 if reason is None:
-                    batch.append((trial, overrides))
+                    batch.append((trial, overrides + [f"tracking.run_name={quoted(name)}"]))
                     continue
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 invalid += 1

@@ -31,6 +31,7 @@ HASH_TAG = "lpr_sweep.config_hash"  # what resume=true matches finished trials b
 CONTRACT = {"accuracy", "speedup", "speedup_ci_low", "speedup_ci_high", "size_file_bytes"}  # what a finished trial holds
 MODEL_TAG = "lpr_sweep.model_uri"  # the trial's logged MLflow Model (models:/m-...)
 REUSED_TAG = "lpr_sweep.reused_by."  # + a parent run id: a finished trial that a resumed sweep took instead of rerunning
+OVERRIDES_TAG = "lpr_sweep.overrides"  # every override of the trial but the paths; its run name holds only the swept values
 _REPO = Path(__file__).resolve().parents[2]
 _VERSIONED = ("torch", "onnx", "mlflow", "hydra-core", "numpy")  # a trial adds its runtime's and backend's
 
@@ -41,6 +42,7 @@ class TrackingConfig:
     artifact_root: str = "mlruns"  # empty: the server's own artifact store (tracking=server)
     experiment: str = "lpr_sweep"
     request_timeout_s: int = 10  # a tracking server that does not answer within this fails the trial
+    run_name: str = ""  # set per job by the sweepers (the swept values); empty: the overrides, or the preset
 
 
 def launch_dir() -> Path:

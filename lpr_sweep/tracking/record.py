@@ -15,20 +15,20 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from lpr_sweep.tracking import HASH_TAG, MODEL_TAG, ROLE_TAG, TrackingConfig, experiment_id, run_tags
+from lpr_sweep.tracking import HASH_TAG, MODEL_TAG, OVERRIDES_TAG, ROLE_TAG, TrackingConfig, experiment_id, run_tags
 
 log = logging.getLogger(__name__)
 
 
 @contextmanager
 def trial(cfg: TrackingConfig, *, run_name: str, params: dict[str, Any], parent_run_id: str | None,
-          config_hash: str = "", packages: tuple[str, ...] = ()) -> Iterator[Any]:
+          config_hash: str = "", packages: tuple[str, ...] = (), overrides: str = "") -> Iterator[Any]:
     import mlflow
 
     exp = experiment_id(cfg)
     run = mlflow.start_run(
         experiment_id=exp, run_name=run_name, parent_run_id=parent_run_id,
-        tags={**run_tags(packages), ROLE_TAG: "trial", HASH_TAG: config_hash},
+        tags={**run_tags(packages), ROLE_TAG: "trial", HASH_TAG: config_hash, OVERRIDES_TAG: overrides},
     )
     status = "FAILED"  # until the body returns; whatever raises below, the run never ends FINISHED by default
     try:
@@ -157,10 +157,15 @@ def log_finetune(losses: list[float], files: list[str]) -> None:
     mlflow.log_text("\n".join(files) + "\n", "finetune_files.txt")
 
 
+HEADLINE = ("speedup", "speedup_ci_low", "speedup_ci_high", "val_accuracy", "accuracy", "drop_pts", "size_file_bytes")
+
+
 def log_result(metrics: dict[str, float], files: list[Path]) -> None:
     import mlflow
 
-    mlflow.log_metrics(rounded(metrics))
+    # The UI lists a run's metrics in the order they were logged: the ones a user decides on first.
+    ordered = {k: metrics[k] for k in HEADLINE if k in metrics} | metrics
+    mlflow.log_metrics(rounded(ordered))
     for path in files:
         mlflow.log_artifact(str(path))
 

@@ -21,9 +21,40 @@ def register_model(source: str, name: str, tags: dict[str, str], description: st
 
 
 def set_champion(name: str, alias: str, version: str) -> None:
+    """Point ``name@alias`` at ``version``, and move the run tag ``lpr_sweep.<alias>=true`` from the
+    trial run that held it to this version's, so the runs table filters on it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    held = aliased(name, alias)
+    client.set_registered_model_alias(name, alias, version)
+    tag = f"lpr_sweep.{alias}"
+    if held and held[1] is not None and held[0] != version:
+        try:
+            client.delete_tag(held[1].info.run_id, tag)
+        except MlflowException:  # that run was deleted meanwhile: nothing left to untag
+            pass
+    run_id = client.get_model_version(name, version).tags.get(TRIAL_RUN_TAG)
+    if run_id:
+        client.set_tag(run_id, tag, "true")
+
+
+BEST_TAG = "lpr_sweep.best_of_sweep"  # on a trial: the parent run id of the sweep whose report chose it
+
+
+def mark_best(parent_id: str, trial_run_id: str, trial_name: str, earlier: list[str]) -> None:
+    """The sweep's decision on its runs: the parent names its best trial, that trial carries the
+    sweep's id, and ``earlier`` (trials an earlier report of this sweep chose) no longer do."""
     from mlflow import MlflowClient
 
-    MlflowClient().set_registered_model_alias(name, alias, version)
+    client = MlflowClient()
+    client.set_tag(parent_id, "lpr_sweep.best_trial", trial_name)
+    client.set_tag(parent_id, "lpr_sweep.best_run_id", trial_run_id)
+    for run_id in earlier:
+        if run_id != trial_run_id:
+            client.delete_tag(run_id, BEST_TAG)
+    client.set_tag(trial_run_id, BEST_TAG, parent_id)
 
 
 def describe(name: str, description: str, tags: dict[str, str]) -> None:
