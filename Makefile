@@ -10,7 +10,7 @@ export LPR_DATA_ROOT := $(abspath $(DATA_ROOT))
 SWEEP ?= optimization=baseline,prune_structured,prune_structured_quant,prune_structured_kd,prune_structured_kd_quant
 REPORT ?=
 
-.PHONY: help setup data sweep test test-fast bench bench-sweep records ui clean
+.PHONY: help setup data sweep results test test-fast bench bench-sweep records ui clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test: data ## run the whole test suite (what CI runs)
 
 test-fast: data ## the inner loop: every test not marked slow (about 3 minutes on 2 cores)
 	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
+
+results: setup ## write the latest reported sweep to docs/results/<experiment>-<cpu>.md and README's results table (after make sweep)
+	$(PY) -m lpr_sweep.results
 
 bench: data ## every runtime and optimization side by side in one process (ratios, MACs, accuracy)
 	$(PY) -m lpr_sweep.bench

@@ -4,9 +4,10 @@ import io
 
 import mlflow
 import pytest
+import yaml
 from mlflow import MlflowClient
 
-from conftest import cli, compose_cfg, sweep_runs
+from conftest import REPO, cli, compose_cfg, sweep_runs
 from lpr_sweep import config, data, pipeline, report
 from lpr_sweep.model_file import ModelFile
 
@@ -15,6 +16,36 @@ METRICS = {
     "accuracy", "char_accuracy", "latency_p50_ms", "latency_p90_ms", "latency_mean_ms", "throughput_ips",
     "size_file_bytes", "size_nonzero_bytes", "size_gzip_bytes", "sparsity",
 }
+REFERENCE = yaml.safe_load((REPO / "tests" / "reference.yaml").read_text())
+
+
+def check_reference(preset: str, m: dict) -> None:
+    """A trial's accuracy, MACs and sizes against tests/reference.yaml: a published number that drifts fails."""
+    ref, tol = REFERENCE["presets"][preset], REFERENCE["tolerance"]
+    int8 = ref.get("int8", False)
+    assert m["macs"] == ref["macs"], (preset, "macs", m["macs"])
+    # + 5e-5: the file holds accuracies to 4 places
+    assert m["accuracy"] == pytest.approx(ref["accuracy"], abs=tol["int8_accuracy" if int8 else "fp32_accuracy"] + 5e-5), (
+        preset, "accuracy", m["accuracy"])
+    if int8:
+        assert m["size_file_bytes"] == pytest.approx(ref["size_file_bytes"], rel=tol["int8_size"]), (preset, "size", m["size_file_bytes"])
+    else:
+        assert (m["size_file_bytes"], m["size_nonzero_bytes"]) == (ref["size_file_bytes"], ref["size_nonzero_bytes"]), preset
+
+
+def test_the_reference_check_fails_when_a_number_moves():
+    ref = REFERENCE["presets"]
+    good = {**ref["baseline"]}
+    check_reference("baseline", good)
+    for key, value in (("accuracy", good["accuracy"] - 0.003), ("macs", good["macs"] + 1), ("size_file_bytes", good["size_file_bytes"] + 1),
+                       ("size_nonzero_bytes", good["size_nonzero_bytes"] - 4)):
+        with pytest.raises(AssertionError):
+            check_reference("baseline", {**good, key: value})
+    with pytest.raises(AssertionError):
+        check_reference("quant", {**ref["quant"], "accuracy": ref["quant"]["accuracy"] - 0.02})
+    assert set(ref) >= {"baseline", "quant", "prune_quant", "prune_structured", "prune_structured_quant"}
+
+
 FAST = ["benchmark.blocks=4", "benchmark.max_blocks=8", "benchmark.calls_per_block=10", "benchmark.throughput_repeats=3"]
 
 
@@ -39,6 +70,7 @@ def test_three_trial_sweep_lands_in_mlflow(tmp_path, store, real_root):
     for run, ratio in zip(children, (0.1, 0.5, 0.9)):
         assert METRICS <= set(run.data.metrics), METRICS - set(run.data.metrics)
         m, p = run.data.metrics, run.data.params
+        check_reference(f"prune.ratio={ratio}", m)
         assert m["sparsity"] == pytest.approx(ratio, abs=1e-3)
         assert (p["protocol.n_scored"], p["protocol.n_val"], p["protocol.n_calib"]) == ("700", "200", "100")
         assert p["prune.scope"] == "global" and p["model.norm"] == "sample" and p["protocol.latency_batch"] == "1" and p["benchmark.warmup"] == "20"
@@ -92,6 +124,8 @@ def test_quant_presets_meet_their_accuracy_targets(tmp_path, store):
     """optimization=quant loses <= 1.0 point, prune_quant (global 0.5) <= 2.0, both against unpruned fp32."""
     q = pipeline.run(compose_cfg(["optimization=quant", *store, *FAST]), workdir=tmp_path / "q")
     pq = pipeline.run(compose_cfg(["optimization=prune_quant", *store, *FAST]), workdir=tmp_path / "pq")
+    check_reference("quant", q)
+    check_reference("prune_quant", pq)
     baseline = q["accuracy_fp32"]  # the unpruned fp32 model on the same scored plates
     assert q["accuracy_drop_pts"] == pytest.approx(100 * (baseline - q["accuracy"]))
     assert 100 * (baseline - q["accuracy"]) <= 1.0
@@ -113,6 +147,8 @@ def test_structured_presets_shrink_the_model_and_keep_accuracy(tmp_path, store):
     base = pipeline.run(compose_cfg([*store, *FAST]), workdir=tmp_path / "b")
     s = pipeline.run(compose_cfg(["optimization=prune_structured", *store, *FAST]), workdir=tmp_path / "s")
     sq = pipeline.run(compose_cfg(["optimization=prune_structured_quant", *store, *FAST]), workdir=tmp_path / "sq")
+    for name, m in (("baseline", base), ("prune_structured", s), ("prune_structured_quant", sq)):
+        check_reference(name, m)
     # zero channels count: prune_structured pads its convs to multiples of 8, the OpenVINO preset its pools to 32
     assert base["macs"] == 144_411_264 and max(s["macs"], sq["macs"]) < 0.5 * base["macs"] and s["macs"] != sq["macs"]
     assert s["params_dense"] < 0.25 * base["params_dense"]
