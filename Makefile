@@ -10,7 +10,7 @@ export LPR_DATA_ROOT := $(abspath $(DATA_ROOT))
 SWEEP ?= optimization=baseline,prune_structured,prune_structured_quant,prune_structured_kd,prune_structured_kd_quant
 REPORT ?=
 
-.PHONY: help setup data sweep results test test-fast bench bench-sweep records ui clean
+.PHONY: help setup data browser sweep results test test-fast bench bench-sweep records ui clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,7 +35,11 @@ sweep: data ## run the default sweep, then its report, final and registration (S
 # One pytest worker per core (pytest-xdist), a test file per worker: most tests run sweeps in a
 # subprocess that keeps one core busy, so two at a time cut CI's suite from 31 to 20 minutes on
 # 2 cores. No test asserts a speed, so sharing the cores changes no outcome.
-test: data ## run the whole test suite (what CI runs)
+# The UI test drives Debian's Chromium (Playwright's own browser download is not reachable here).
+browser: ## install Debian's chromium for tests/test_ui.py (needs root or sudo)
+	@command -v chromium >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium; }
+
+test: data browser ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q -n auto --dist loadfile --durations=25
 
 test-fast: data ## the inner loop: every test not marked slow (about 3 minutes on 2 cores)

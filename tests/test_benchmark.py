@@ -27,9 +27,9 @@ def test_run_pairs_latency_at_batch_one_and_times_throughput_at_the_stated_batch
     metrics = benchmark.run([lambda x: seen.append(("b", len(x)))], lambda x: seen.append(("a", len(x))), _plates(), cfg, 1)
     assert {"speedup", "speedup_ci_low", "speedup_ci_high", "latency_ref_p50_ms", "latency_p50_ms", "latency_p90_ms",
             "latency_mean_ms", "bench_blocks", "bench_seconds", "bench_noise", "bench_noisy", "bench_load_spread",
-            "bench_other_cores", "bench_host_busy", "throughput_ips"} == set(metrics)
+            "bench_other_cores", "bench_host_busy", "throughput_ips", "host_loadavg_1m"} == set(metrics)
     assert seen.count(("a", 1)) == seen.count(("b", 1)) == 1 + 2 * 3 and seen.count(("b", 5)) == 3
-    assert metrics["throughput_ips"] > 0
+    assert metrics["throughput_ips"] > 0 and metrics["host_loadavg_1m"] >= 0
 
 
 class SimulatedMachine:

@@ -231,8 +231,12 @@ def load_model(uri: str, tracking: str) -> Any:
                           "(it registers the champion) or pass --model runs:/<run id>/model") from None
 
 
+UI_TRIALS = "searchFilter=tags.%60lpr_sweep.role%60%20%3D%20%27trial%27&orderByKey=metrics.%60speedup%60&orderByAsc=false"
+
+
 def ui_url(cfg: TrackingConfig, port: int = 5000) -> str:
-    """The MLflow UI's runs table for the experiment (the UI would open on its GenAI overview)."""
+    """The MLflow UI's runs table for the experiment, trials only, fastest first (the UI would open on
+    its GenAI overview, and show one row per sweep)."""
     base = f"http://127.0.0.1:{port}"
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):].split("?")[0]).is_file():
@@ -244,4 +248,4 @@ def ui_url(cfg: TrackingConfig, port: int = 5000) -> str:
         found = mlflow.get_experiment_by_name(cfg.experiment)
     except Exception:  # no store yet: the plain address still opens the UI
         found = None
-    return f"{base}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning" if found else base
+    return f"{base}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning&{UI_TRIALS}" if found else base
