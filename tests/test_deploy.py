@@ -73,6 +73,8 @@ def _trial(tmp_path, store, *overrides):
 def test_the_logged_model_reproduces_its_trial_on_tiny_data(tmp_path, tiny_root, store, overrides):
     _, run, rows = _trial(tmp_path, store, f"data.root={tiny_root}", f"cache.dir={tmp_path}/cache", *TINY, *overrides)
     model = mlflow.pyfunc.load_model(run.data.tags[tracking.MODEL_TAG])
+    logged = mlflow.get_logged_model(run.data.tags[tracking.MODEL_TAG].removeprefix("models:/"))
+    assert logged.name == f"lprnet {run.info.run_name}".replace(".", "_") and logged.source_run_id == run.info.run_id
     out = model.predict(_images(tiny_root, [r["file"] for r in rows]))
     assert list(out["plate"]) == [r["prediction"] for r in rows]
     assert ((out["confidence"] > 0) & (out["confidence"] <= 1)).all() and not out["blank"].any()

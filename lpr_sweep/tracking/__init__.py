@@ -228,7 +228,7 @@ def load_model(uri: str, tracking: str) -> Any:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as e:
         raise LookupError(f"cannot load model {uri} from {tracking} ({str(e).splitlines()[0]}); run `make sweep` "
-                          "(it registers the champion) or pass --model runs:/<run id>/model") from None
+                          "(it registers the champion) or pass --model with a trial run's tag lpr_sweep.model_uri (models:/m-...)") from None
 
 
 UI_TRIALS = "searchFilter=tags.%60lpr_sweep.role%60%20%3D%20%27trial%27&orderByKey=metrics.%60speedup%60&orderByAsc=false"

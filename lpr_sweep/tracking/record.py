@@ -170,6 +170,11 @@ def log_result(metrics: dict[str, float], files: list[Path]) -> None:
         mlflow.log_artifact(str(path))
 
 
+def model_name(run_name: str) -> str:
+    """The logged model's name: the trial's, in the characters MLflow allows (no / : . % or quotes)."""
+    return "lprnet " + "".join("_" if c in '/:.%"\'' else c for c in run_name)[:200]
+
+
 def log_model(rt: Any, runtime_name: str, threads: int, packages: tuple[str, ...], example: np.ndarray, workdir: Path) -> str:
     """The trial's deployable as an MLflow Model (``tracking.deploy``); its URI is also the run's tag."""
     import mlflow
@@ -183,7 +188,7 @@ def log_model(rt: Any, runtime_name: str, threads: int, packages: tuple[str, ...
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # validating the input example downloads it
     try:
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=deploy.PlateReader(), artifacts={"files": str(folder)},
+            name=model_name(mlflow.active_run().info.run_name), python_model=deploy.PlateReader(), artifacts={"files": str(folder)},
             signature=deploy.signature(), input_example=example, pip_requirements=deploy.requirements(packages),
             metadata={"input": deploy.INPUT},
         )
