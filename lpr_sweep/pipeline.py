@@ -284,7 +284,7 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
             "protocol.reference": ref_what,
             **benchmark.protocol(conf.benchmark, ref_what),
         }, _description(conf, name), OmegaConf.to_yaml(resolved))
-        record.log_plates(root, {"scored": scored, "val": val, "calib": calib})
+        record.log_plates(root, {"scored": scored, "val": val, "calib": calib}, conf.data.seed)
 
         built = build(conf, root, calib, val, workdir, stages, teacher=ref)
         rt = built.runtime

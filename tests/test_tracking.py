@@ -120,4 +120,4 @@ def test_a_dataset_logged_at_once_by_a_parallel_trial_still_reaches_this_run(cfg
         record.log_plates(tmp_path, {"scored": _Plates(["a.jpg", "b.jpg"])})
     run = _only_run(cfg)
     assert calls == ["scored", "scored"] and run.info.status == "FINISHED"
-    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["lprnet-scored"]
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["lprnet-scored (2 plates, split seed 0)"]

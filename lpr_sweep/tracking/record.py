@@ -77,9 +77,9 @@ def rounded(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(round(v)) if k.endswith(_INTEGER) else round(float(v), 4) for k, v in metrics.items()}
 
 
-def log_plates(root: Path, parts: dict[str, Any]) -> None:
-    """Each split as an MLflow dataset input (name, digest of its file list, the data root as source)
-    and as a file list artifact."""
+def log_plates(root: Path, parts: dict[str, Any], seed: int = 0) -> None:
+    """Each split as an MLflow dataset input (a name that says what it holds, the digest of its file
+    list, the data root as source) and as a file list artifact."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -93,7 +93,8 @@ def log_plates(root: Path, parts: dict[str, Any]) -> None:
         listing = "\n".join(plates.files) + "\n"
         mlflow.log_text(listing, f"{part}_files.txt")
         if len(plates):
-            _log_input(MetaDataset(source, name=f"lprnet-{part}", digest=files_digest(plates)), part)
+            name = f"lprnet-{part} ({len(plates)} plates, split seed {seed})"
+            _log_input(MetaDataset(source, name=name, digest=files_digest(plates)), part)
 
 
 def _log_input(dataset: Any, context: str) -> None:
