@@ -102,19 +102,22 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def restore_hint(root: Path) -> str:
+    """How to put back a data root's missing or damaged file: download into that root, which re-fetches
+    only what does not match (a download elsewhere would leave data.root pointing at the damage)."""
+    return f"restore it with `python -m lpr_sweep.download --dest {root}` (re-fetches only what is missing or damaged)"
+
+
 def verify(root: Path) -> dict[str, str]:
     """Check every file listed in SHA256SUMS; return the manifest."""
     manifest = read_manifest(root / MANIFEST)
     for name, digest in manifest.items():
         path = root / name
         if not path.is_file():
-            raise DataError(f"missing file {path} listed in {MANIFEST}; run `python -m lpr_sweep.download`")
+            raise DataError(f"missing file {path} listed in {MANIFEST}; {restore_hint(root)}")
         got = sha256(path)
         if got != digest:
-            raise DataError(
-                f"checksum mismatch for {path} (expected {digest[:12]}…, got {got[:12]}…); "
-                "restore it with `python -m lpr_sweep.download`"
-            )
+            raise DataError(f"checksum mismatch for {path} (expected {digest[:12]}…, got {got[:12]}…); {restore_hint(root)}")
     return manifest
 
 

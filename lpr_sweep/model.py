@@ -152,6 +152,13 @@ class LPRNet(nn.Module):
         return torch.mean(x, dim=2)
 
 
+def _restore(weights: Path) -> str:
+    from lpr_sweep.data import restore_hint
+
+    # upstream's weights sit in <data root>/weights/
+    return restore_hint(weights.parent.parent if weights.parent.name == "weights" else Path("<the data root>"))
+
+
 def load(weights: Path, norm: str = "sample") -> LPRNet:
     """Build LPRNet in eval mode from an upstream state dict (strict keys, tensors only)."""
     weights = Path(weights)
@@ -165,7 +172,7 @@ def load(weights: Path, norm: str = "sample") -> LPRNet:
         model.load_state_dict(state, strict=True)
     except Exception as e:  # torch raises several types for a file that is empty, truncated or not this model's
         reason = "empty" if weights.stat().st_size == 0 else f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        raise DataError(f"cannot load weights {weights} ({reason}); restore it with `python -m lpr_sweep.download`") from None
+        raise DataError(f"cannot load weights {weights} ({reason}); {_restore(weights)}") from None
     return model.eval()
 
 

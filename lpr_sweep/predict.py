@@ -1,8 +1,9 @@
 """``python -m lpr_sweep.predict [--model URI] IMAGE...``: read plates with a logged model.
 
-Prints one line per image: file, plate, confidence (tab-separated). The model is any MLflow model
-URI a trial logged, by default the registered champion (``models:/lpr_sweep@champion``). An image
-that cannot be read gets one line naming it, the others are still read, and the exit status is 1.
+Prints one line per image: file, plate, confidence (tab-separated), and ``blank image: no plate``
+after an image without contrast. The model is any MLflow model URI a trial logged, by default the
+registered champion (``models:/lpr_sweep@champion``). An image that cannot be read, or that the
+model refuses (too small), gets one line naming it, the others are still read, and the exit status is 1.
 """
 from __future__ import annotations
 
@@ -42,9 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         except LookupError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        from mlflow.exceptions import MlflowException
+
         for path, img in readable:  # one image at a time: sizes may differ, and the model resizes each
-            row = model.predict(img[np.newaxis]).iloc[0]
-            print(f"{path}\t{row['plate']}\t{row['confidence']:.3f}")
+            try:
+                row = model.predict(img[np.newaxis]).iloc[0]
+            except MlflowException as e:  # the model's own one-line refusal (an image too small to hold a plate)
+                failed += 1
+                print(f"error: {path}: {e.message}", file=sys.stderr)
+                continue
+            print(f"{path}\t{row['plate']}\t{row['confidence']:.3f}" + ("\tblank image: no plate" if row.get("blank") else ""))
     return 1 if failed else 0
 
 

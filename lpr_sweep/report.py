@@ -79,6 +79,7 @@ class Sweep:
     sweep_dir: Path | None
     trials: list[Trial]
     notes: list[str] = field(default_factory=list)  # trials of earlier sweeps it resumed from, left out
+    unfinished: str = ""  # why the sweep is not over (still running, or killed before its end); "" when it is
 
 
 def trial_of(run: Any) -> Trial:
@@ -102,7 +103,25 @@ def load(cfg: tracking.TrackingConfig, sweep: str = "latest") -> Sweep:
         left = [r.info.run_name for r in registry.read_sweep(cfg, other)[2] if r.data.tags.get(tracking.HASH_TAG) not in hashes]
         if left:
             notes.append(f"sweep {other} also ran {', '.join(left)}: not asked for by this sweep, so not part of its decision")
-    return Sweep(parent_id, Path(sweep_dir) if sweep_dir else None, trials, notes)
+    return Sweep(parent_id, Path(sweep_dir) if sweep_dir else None, trials, notes, unfinished(parent_id, trials))
+
+
+def unfinished(parent_id: str, trials: list[Trial]) -> str:
+    """Why a sweep's decision would be premature: its process still runs, or it died with trials
+    RUNNING (killed, never closed). "" when the sweep ended."""
+    from mlflow import MlflowClient
+
+    from lpr_sweep.tracking import sweep as sweep_lock
+
+    running = [t.name for t in trials if t.status == "RUNNING"]
+    status = MlflowClient().get_run(parent_id).info.status
+    if status != "RUNNING" and not running:
+        return ""
+    held = sweep_lock.owner(parent_id)
+    if held:
+        return f"sweep {parent_id} is still running ({held}); report it when it ends"
+    return (f"sweep {parent_id} stopped before its end (parent {status}, {len(running)} trial(s) left RUNNING: "
+            f"{', '.join(running[:5]) or 'none'}); finish it with the same command and resume=true, then report")
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -225,6 +244,8 @@ def markdown(sweep: Sweep, rule: Rule, decision: Decision, front: list[Trial]) -
         f"{sum('(reused from sweep' in t.name for t in sweep.trials)} reused from an earlier sweep by resume=true); "
         f"folder: {sweep.sweep_dir or 'unknown'}",
         *[f"- Left out: {n}" for n in sweep.notes],
+        *([f"- **Unfinished**: {sweep.unfinished}. The choice below covers only the trials that ended; nothing was "
+           "registered and no final was timed"] if sweep.unfinished else []),
         f"- Rule: {rule}",
         f"- Champion: {note}",
         f"- Decided on: {decision.decided_on}",
@@ -313,6 +334,7 @@ def register(decision: Decision, rule: Rule, sweep: Sweep, model_name: str, forc
     if not source:
         raise LookupError(f"trial {champion.name} (run {champion.run_id}) logged no MLflow Model (it predates them); "
                           "rerun it with `resume=false` to log one")
+    registry.check_model_files(source)
     earlier = registry.sweep_version(model_name, sweep.parent_id)
     if earlier is not None and earlier.tags.get(registry.TRIAL_RUN_TAG) == champion.run_id:
         version, note = str(earlier.version), f"version {earlier.version} (registered by an earlier report of this sweep)"
@@ -486,27 +508,35 @@ def main(argv: list[str] | None = None) -> int:
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    out = args.out or (sweep.sweep_dir if sweep.sweep_dir and sweep.sweep_dir.is_dir() else Path("."))
+    try:  # before the final and the registry: a report that cannot be written must cost nothing
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-check").touch()
+        (out / ".write-check").unlink()
+    except OSError as e:
+        print(f"error: cannot write the report into {out} ({e.strerror or e}); pass --out <a writable folder>", file=sys.stderr)
+        return 1
     rule = rule_of(args)
     held = registry.aliased(args.model_name, CHAMPION_ALIAS)
     incumbent = (held[0], trial_of(held[1]) if held[1] is not None else None) if held else None
     timer = None
-    if not args.no_final:
+    if not args.no_final and not sweep.unfinished:  # timing finalists of a sweep that is not over decides nothing
         from lpr_sweep import final
 
         timer = final.run
     decision = decide(sweep, rule, incumbent, args.finalists, timer)
     registered = True
-    if decision.champion is not None:
+    if sweep.unfinished:  # a decision on part of a sweep is no decision: shown, never recorded
+        decision.registry, registered = f"not registered: {sweep.unfinished}", args.no_register
+    elif decision.champion is not None:
         registry.mark_best(sweep.parent_id, decision.champion.run_id, decision.champion.name,
                            [t.run_id for t in sweep.trials if t.tags.get(registry.BEST_TAG) == sweep.parent_id])
-    if decision.champion is not None and not args.no_register:
+    if decision.champion is not None and not args.no_register and not sweep.unfinished:
         try:
             decision.registry, registered = register(decision, rule, sweep, args.model_name, args.promote)
         except LookupError as e:  # the report is still written; the exit status says nothing was registered
             decision.registry, registered = f"not registered: {e}", False
     front = pareto(sweep.trials, rule.min_gain)
-    out = args.out or (sweep.sweep_dir if sweep.sweep_dir and sweep.sweep_dir.is_dir() else Path("."))
-    out.mkdir(parents=True, exist_ok=True)
     md = out / "report.md"
     md.write_text(markdown(sweep, rule, decision, front), encoding="utf-8")
     png = plot(sweep, decision.champion, front, out / "report.png")
@@ -514,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     registry.log_files(sweep.parent_id, files)
     print(md.read_text(encoding="utf-8"))
     print(f"wrote {', '.join(str(f) for f in files)}; logged to run {sweep.parent_id}")
+    if sweep.unfinished:
+        print(f"{'note' if args.no_register else 'error'}: {sweep.unfinished}", file=sys.stderr)
     return 0 if decision.champion is not None and registered else 1
 
 

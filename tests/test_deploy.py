@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import cv2
 import mlflow
 import numpy as np
 import pytest
@@ -41,6 +42,9 @@ def test_images_must_be_uint8_bgr_batches():
     (np.zeros((0,)), "empty batch (0,): send at least one image"),
     (np.zeros((1, 1, 1, 3), np.uint8), "images of 1x1 px are too small to hold a plate; send crops of at least 47x12 px"),
     (np.full((1, 24, 94, 3), 300), "got int64 in [300, 300]"),
+    (np.full((1, 24, 94, 3), 0.5), "an image scaled to [0, 1] needs (img * 255).round().astype('uint8')"),
+    (np.full((1, 24, 94, 3), 200.0, np.float32), "pixel values in [0, 255] need img.round().clip(0, 255).astype('uint8')"),
+    ([np.zeros((24, 94, 3), np.uint8), np.zeros((30, 120, 3), np.uint8)], "images of different sizes in one batch; send one size per batch"),
 ])
 def test_the_model_refuses_what_it_cannot_read_in_one_line(images, line):
     with pytest.raises(ValueError) as e:
@@ -151,12 +155,19 @@ def test_predict_names_an_unreadable_image_and_reads_the_rest(tmp_path, tiny_roo
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
     good = tiny_root / rows[0]["file"]
+    tiny, black = tmp_path / "tiny.jpg", tmp_path / "black.jpg"  # readable, but too small / without a plate
+    cv2.imwrite(str(tiny), np.full((1, 1, 3), 128, np.uint8))
+    cv2.imwrite(str(black), np.zeros((24, 94, 3), np.uint8))
     capsys.readouterr()  # the trial's own output
     code = predict.main(["--model", run.data.tags[tracking.MODEL_TAG], "--tracking-uri", store[0].split("=", 1)[1],
-                         str(bad), str(good)])
+                         str(bad), str(tiny), str(good), str(black)])
     out, err = capsys.readouterr()
-    assert code == 1 and err.strip() == f"error: cannot decode image {bad}: unreadable or corrupt; replace or remove it"
-    assert out.strip().split("\t")[:2] == [str(good), rows[0]["prediction"]]
+    assert code == 1 and err.strip().splitlines() == [
+        f"error: cannot decode image {bad}: unreadable or corrupt; replace or remove it",
+        f"error: {tiny}: images of 1x1 px are too small to hold a plate; send crops of at least 47x12 px (the model reads 94x24)"]
+    lines = out.strip().splitlines()
+    assert lines[0].split("\t")[:2] == [str(good), rows[0]["prediction"]] and "blank" not in lines[0]
+    assert lines[1].startswith(f"{black}\t") and lines[1].endswith("\tblank image: no plate")
 
 
 def test_predict_without_a_champion_says_how_to_get_one(tmp_path, tiny_root, capsys):

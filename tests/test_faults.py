@@ -55,7 +55,7 @@ CASES = {  # name: (setup of the data root, extra arguments, exit code, line tha
     "splits leave nothing to score": (None, ["data.calib_size=3", "data.val_size=3"], 1, "must leave plates to score of the 6"),
     "corrupt image": (corrupt_image, [], 1, "cannot decode image"),
     "image changed after its checksum": (changed_image, [], 1, "checksum mismatch for"),
-    "empty weights": (empty_weights, [], 1, "(empty); restore it with `python -m lpr_sweep.download`"),
+    "empty weights": (empty_weights, [], 1, "(empty); restore it with `python -m lpr_sweep.download --dest "),
     "truncated weights": (truncated_weights, [], 1, "cannot load weights"),
     "malformed SHA256SUMS": (bad_manifest, [], 1, "is not a sha256sum line; regenerate it"),
     "corrupt MLflow store": (corrupt_store, [], 1, "cannot be used (") ,

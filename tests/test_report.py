@@ -1,3 +1,9 @@
+import os
+import shutil
+import subprocess
+import sys
+from urllib.parse import urlparse
+
 import cv2
 import numpy as np
 import pytest
@@ -212,3 +218,53 @@ def test_report_refuses_empty_and_unknown_sweeps(mlstore, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert f"note: skipped 1 newer sweep(s) that hold no trial ({empty}); reporting {ids['new']}" in err
     assert f"# Sweep {ids['new']}" in out
+
+
+@pytest.mark.slow
+def test_a_sweep_that_is_not_over_is_reported_but_never_registered(mlstore, capsys, monkeypatch):
+    cfg, ids, tmp_path = mlstore
+    client = MlflowClient()
+    client.update_run(ids["new"], status="RUNNING")  # killed: its process died before closing it
+    assert _report(cfg) == 1
+    text = (tmp_path / "new" / "report.md").read_text()
+    assert f"**Unfinished**: sweep {ids['new']} stopped before its end (parent RUNNING" in text
+    assert "finish it with the same command and resume=true" in capsys.readouterr().err
+    assert client.search_model_versions("name = 'lpr_sweep'") == [] and "lpr_sweep.best_trial" not in client.get_run(ids["new"]).data.tags
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # where sweep locks live
+    owner = subprocess.Popen([sys.executable, "-c", f"import time; from lpr_sweep.tracking import sweep; sweep.claim({ids['new']!r}); "
+                              "print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert owner.stdout.readline().strip() == "held"
+        assert _report(cfg) == 1
+        assert f"is still running (pid {owner.pid} on " in capsys.readouterr().err
+    finally:
+        owner.kill()
+        owner.wait()
+    assert client.search_model_versions("name = 'lpr_sweep'") == []
+
+
+@pytest.mark.slow
+def test_a_champion_whose_model_files_are_gone_is_not_registered(mlstore, capsys):
+    cfg, ids, tmp_path = mlstore
+    run = MlflowClient().search_runs([tracking.experiment_id(cfg)], "attributes.run_name = 'p'")[0]
+    location = mlflow.get_logged_model(run.data.tags[tracking.MODEL_TAG].removeprefix("models:/")).artifact_location
+    shutil.rmtree(urlparse(location).path)
+    assert _report(cfg) == 1
+    assert "cannot be read from its artifact store" in (tmp_path / "new" / "report.md").read_text()
+    assert MlflowClient().search_model_versions("name = 'lpr_sweep'") == []
+
+
+def test_a_report_folder_that_cannot_be_written_costs_nothing(mlstore, capsys):
+    cfg, ids, tmp_path = mlstore
+    (tmp_path / "afile").write_text("")
+    assert _report(cfg, "--out", str(tmp_path / "afile" / "out")) == 1
+    assert "cannot write the report into" in capsys.readouterr().err
+    assert MlflowClient().search_model_versions("name = 'lpr_sweep'") == []
+
+
+def test_a_corrupt_store_is_named_in_one_line(tmp_path, capsys):
+    (tmp_path / "bad.db").write_text("not a database")
+    assert report.main(["--tracking-uri", f"sqlite:///{tmp_path}/bad.db", "--no-final"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: MLflow store sqlite:///{tmp_path}/bad.db cannot be read (") and err.count("\n") == 1

@@ -72,10 +72,13 @@ def _check_server(uri: str, timeout_s: int) -> None:
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).read()
     except (urllib.error.URLError, OSError) as e:
+        from urllib.parse import urlparse
+
         reason = getattr(e, "reason", e)
+        where = urlparse(uri)
         raise ConfigError(
-            f"MLflow tracking server {uri} is unreachable ({reason}); start it (mlflow server --host 127.0.0.1 "
-            f"--port 5000 --backend-store-uri sqlite:///mlflow.db) or fix tracking.uri / MLFLOW_TRACKING_URI"
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it (mlflow server --host {where.hostname or '127.0.0.1'} "
+            f"--port {where.port or 5000} --backend-store-uri sqlite:///mlflow.db) or fix tracking.uri / MLFLOW_TRACKING_URI"
         ) from None
 
 
@@ -90,6 +93,9 @@ def experiment_id(cfg: TrackingConfig) -> str:
     try:
         with _store_lock(uri):  # two processes creating one SQLite schema at once would lose one's records
             found = mlflow.get_experiment_by_name(cfg.experiment)
+            if found is not None and found.lifecycle_stage == "deleted":
+                raise ConfigError(f"experiment {cfg.experiment!r} in {cfg.uri} is deleted; restore it (mlflow experiments restore "
+                                  f"--experiment-id {found.experiment_id}) or record elsewhere with tracking.experiment=<new name>")
             if found is not None:
                 _check_artifacts(found.artifact_location, cfg)
                 return found.experiment_id

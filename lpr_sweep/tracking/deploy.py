@@ -51,7 +51,13 @@ def confidence(logits: np.ndarray) -> np.ndarray:
 
 def check_images(images: Any) -> np.ndarray:
     """The batch as uint8 (N, H, W, 3), or ValueError with one line that names what is wrong and the fix."""
-    a = np.asarray(images)
+    try:
+        a = np.asarray(images)
+    except ValueError:  # a ragged list: numpy's own words say nothing about images
+        raise ValueError("images of different sizes in one batch; send one size per batch (each is resized to 94x24), "
+                         f"or one request per image: {INPUT}") from None
+    if a.dtype == object:
+        raise ValueError(f"images of different sizes or types in one batch; send one size per batch: {INPUT}")
     if a.size == 0:
         raise ValueError(f"empty batch {a.shape}: send at least one image, {INPUT}")
     if a.ndim != 4 or a.shape[-1] != 3:
@@ -60,8 +66,11 @@ def check_images(images: Any) -> np.ndarray:
     if a.dtype != np.uint8:
         integral = np.issubdtype(a.dtype, np.integer) and a.min() >= 0 and a.max() <= 255
         if not integral:
+            # the fix depends on the range: [0, 1] floats were scaled, [0, 255] ones only need the type
+            fix = ("an image scaled to [0, 1] needs (img * 255).round().astype('uint8')" if a.max() <= 1 else
+                   "pixel values in [0, 255] need img.round().clip(0, 255).astype('uint8')")
             raise ValueError(f"expected uint8 pixel values 0-255 as OpenCV decodes an image, got {a.dtype} in "
-                             f"[{a.min():g}, {a.max():g}]; an image scaled to [0, 1] needs (img * 255).astype('uint8')")
+                             f"[{a.min():g}, {a.max():g}]; {fix}")
         a = a.astype(np.uint8)
     if a.shape[1] < MIN_H or a.shape[2] < MIN_W:
         raise ValueError(f"images of {a.shape[2]}x{a.shape[1]} px are too small to hold a plate; send crops of at least "

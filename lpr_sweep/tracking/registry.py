@@ -20,6 +20,22 @@ def register_model(source: str, name: str, tags: dict[str, str], description: st
     return str(version.version)
 
 
+def check_model_files(source: str) -> None:
+    """LookupError with the fix when a logged model's files are gone from the artifact store: a version
+    registered on them would load nowhere."""
+    import tempfile
+
+    import mlflow
+
+    try:
+        location = mlflow.get_logged_model(source.removeprefix("models:/")).artifact_location
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/MLmodel", dst_path=tmp)
+    except Exception as e:
+        raise LookupError(f"the logged model {source} cannot be read from its artifact store ({str(e).strip().splitlines()[0][:160]}); "
+                          "restore the artifact folder, or rerun that trial with resume=false") from None
+
+
 def set_champion(name: str, alias: str, version: str) -> None:
     """Point ``name@alias`` at ``version``, and move the run tag ``lpr_sweep.<alias>=true`` from the
     trial run that held it to this version's, so the runs table filters on it."""
@@ -135,7 +151,11 @@ def _experiment(cfg: TrackingConfig) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(cfg))
-    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    try:
+        experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    except Exception as e:  # a corrupt or foreign file where the store should be, a server that fails
+        raise LookupError(f"MLflow store {cfg.uri} cannot be read ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}); "
+                          "if it is corrupt, restore it from a backup or pass --tracking-uri of another store") from None
     if experiment is None:
         raise LookupError(f"no experiment {cfg.experiment!r} at {cfg.uri}; run `python -m lpr_sweep -m ...` first")
     return experiment.experiment_id

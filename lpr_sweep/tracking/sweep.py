@@ -64,6 +64,21 @@ def claim(parent: str) -> str:
     return owner
 
 
+def owner(parent: str) -> str | None:
+    """The live process that holds sweep ``parent`` on this host ("pid N on host"), or None."""
+    path = lock_dir() / f"{parent}.lock"
+    if not path.is_file():
+        return None
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            return f.read().strip() or "another process"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
 def parent_run_id() -> str | None:
     """The sweep's parent run when this process runs a Hydra multirun job, else None."""
     from hydra.core.hydra_config import HydraConfig
