@@ -188,10 +188,17 @@ class ValidateSweep(Callback):
                 except ConfigError as e:
                     raise SystemExit(f"error: {e}") from None
             return
+        from lpr_sweep import DataError, data, hardware
+
+        # Jobs that run here need their device and data here; on Ray or SLURM only the workers' count.
+        local = not any(k in str(config.hydra.launcher.get("_target_", "")).lower() for k in ("ray", "submitit"))
         for overrides in expand(list(config.hydra.overrides.task), sweeper.get("jobs") or []):
             try:
-                validate(compose(config.hydra.job.config_name, overrides=overrides))
-            except ConfigError as e:
+                conf = validate(compose(config.hydra.job.config_name, overrides=overrides))
+                if local:
+                    hardware.check(conf.hardware)
+                    data.resolve_root(conf.data.root)
+            except (ConfigError, DataError) as e:
                 raise SystemExit(f"error: job [{' '.join(overrides)}]: {e}") from None
             except (HydraException, OmegaConfBaseException) as e:
                 raise SystemExit(f"error: job [{' '.join(overrides)}]: {str(e).strip().splitlines()[0]}") from None

@@ -60,7 +60,9 @@ CASES = {  # name: (setup of the data root, extra arguments, exit code, line tha
     "malformed SHA256SUMS": (bad_manifest, [], 1, "is not a sha256sum line; regenerate it"),
     "corrupt MLflow store": (corrupt_store, [], 1, "cannot be used (") ,
     "cuda without a GPU, as a sweep": (None, ["-m", "hardware=cuda", "prune.ratio=0.1,0.2"], 1,
-                                       "0 trials finished, 0 failed, 2 never recorded"),
+                                       "hardware=cuda but torch sees no CUDA device"),
+    "a missing data root, as a sweep": (None, ["-m", "data.root=/nonexistent/lprnet", "prune.ratio=0.1,0.2"], 1,
+                                        "data root /nonexistent/lprnet has no SHA256SUMS"),
     "a bad TVM target": (None, ["runtime=tvm", "compile=untuned", "compile.target=znver4"], 1, "is not a JSON target"),
     "a cache folder that cannot be created": (None, ["cache.dir=/dev/null/cache"], 1,
                                               "stage cache folder /dev/null/cache/export cannot be created (Not a directory); set cache.dir"),
@@ -76,7 +78,7 @@ CASES = {  # name: (setup of the data root, extra arguments, exit code, line tha
                                                    "runtime=choice(onnxruntime,bogus)"], 1, "runtime=bogus cannot be composed"),
 }
 NO_PARENT = {"a typo in one list value", "a search interval written backwards", "a search with no trials",
-             "a search choice that does not exist"}
+             "a search choice that does not exist", "cuda without a GPU, as a sweep", "a missing data root, as a sweep"}
 
 
 @pytest.mark.parametrize("case", CASES)
