@@ -47,16 +47,16 @@ def test_a_reported_sweep_becomes_a_results_file_with_its_header_and_the_readme_
 
     assert report.main(["--tracking-uri", cfg.uri, "--no-final", "--no-register", "--out", str(tmp_path / "r")]) == 0
     assert _results(cfg, tmp_path, readme) == 0
-    path = tmp_path / "docs" / "results" / "published_table-amd-epyc-7b13.md"
+    path = tmp_path / "docs" / "results" / "published_table-amd-epyc-7b13-avx2.md"
     text = path.read_text()
-    assert text.startswith(f"# published_table on {CPU}")
+    assert text.startswith(f"# published_table on {CPU} (avx2,fma)")
     assert "- Command: `python -m lpr_sweep -m +experiment=published_table`, then `python -m lpr_sweep.report`" in text
     assert f"parent run {parent}" in text and "- Commit the trials ran: abc123" in text
     assert "ISA: avx2,fma; cores: 2" in text and "onnxruntime 1.23.2" in text
     assert "| a | 2 | 2.10-2.30x | 0.8900-0.9000 |" in text  # both sweeps' runs of the same config, as a range
     assert "### Sweep " in text and "Champion: " in text  # the report itself, its headings under the file's
     block = readme.read_text().split(results.BEGIN)[1].split(results.END)[0]
-    assert "docs/results/published_table-amd-epyc-7b13.md" in block and "Run `make results`" not in block
+    assert "docs/results/published_table-amd-epyc-7b13-avx2.md" in block and "Run `make results`" not in block
     assert "| a **(chosen)** | 0.8900 | 0.8900 | 2.30x [2.25, 2.35] | 1.000 |" in block
     assert readme.read_text().endswith("## Next\n")
 
@@ -72,13 +72,14 @@ def test_a_readme_without_the_block_is_named_and_the_file_still_written(store, c
     readme.write_text("# no block\n")
     assert _results(cfg, tmp_path, readme) == 1
     assert f"has no {results.BEGIN}" in capsys.readouterr().err
-    assert (tmp_path / "docs" / "results" / "sweep-amd-epyc-7b13.md").is_file()
+    assert (tmp_path / "docs" / "results" / "sweep-amd-epyc-7b13-avx2.md").is_file()
 
 
-@pytest.mark.parametrize("cpu, expected", [
-    ("AMD EPYC 7B13 64-Core Processor", "amd-epyc-7b13"),
-    ("Intel(R) Xeon(R) Platinum 8581C CPU @ 2.10GHz", "intel-xeon-platinum-8581c"),
-    ("", "unknown-cpu"),
+@pytest.mark.parametrize("cpu, isa, expected", [
+    ("AMD EPYC 7B13 64-Core Processor", "avx2,fma", "amd-epyc-7b13-avx2"),
+    ("AMD EPYC", "avx2,avx512f,avx512_vnni,avx512_bf16", "amd-epyc-avx512"),  # one model name, two kinds of VM
+    ("Intel(R) Xeon(R) Platinum 8581C CPU @ 2.10GHz", "avx2,avx512f,avx512_vnni,amx_tile", "intel-xeon-platinum-8581c-amx"),
+    ("", "", "unknown-cpu"),
 ])
-def test_cpu_names_become_file_names(cpu, expected):
-    assert results.slug(cpu) == expected
+def test_cpu_names_become_file_names(cpu, isa, expected):
+    assert results.slug(cpu, isa) == expected
