@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from lpr_sweep import report, tracking
-from lpr_sweep.tracking import registry
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 REPO = Path(__file__).resolve().parent.parent
@@ -129,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         sweep = report.load(cfg, args.sweep)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    if sweep.unfinished:
+        print(f"error: {sweep.unfinished}; results publish only a sweep that ended", file=sys.stderr)
         return 1
     client = MlflowClient(tracking.tracking_uri(cfg))
     parent = client.get_run(sweep.parent_id)

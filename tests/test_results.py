@@ -75,6 +75,14 @@ def test_a_readme_without_the_block_is_named_and_the_file_still_written(store, c
     assert (tmp_path / "docs" / "results" / "sweep-amd-epyc-7b13-avx2.md").is_file()
 
 
+def test_a_sweep_that_did_not_end_is_not_published(store, capsys):
+    cfg, tmp_path, readme = store
+    parent = _sweep(cfg, "`python -m lpr_sweep -m prune.ratio=0.1,0.5`", [("a", 0.90, 2.0)])
+    MlflowClient().update_run(parent, status="RUNNING")  # its process was killed before the end
+    assert _results(cfg, tmp_path, readme) == 1
+    assert "stopped before its end" in capsys.readouterr().err and not (tmp_path / "docs").exists()
+
+
 @pytest.mark.parametrize("cpu, isa, expected", [
     ("AMD EPYC 7B13 64-Core Processor", "avx2,fma", "amd-epyc-7b13-avx2"),
     ("AMD EPYC", "avx2,avx512f,avx512_vnni,avx512_bf16", "amd-epyc-avx512"),  # one model name, two kinds of VM
