@@ -82,9 +82,19 @@ def test_unreachable_server_fails_fast_with_the_fix(monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match=f"MLflow tracking server http://127.0.0.1:{port} is unreachable .*start it"):
+    # the fix starts a server where the URI points, not on a default port
+    with pytest.raises(ConfigError, match=f"MLflow tracking server http://127.0.0.1:{port} is unreachable .*start it "
+                                          f"\\(mlflow server --host 127.0.0.1 --port {port} "):
         tracking.experiment_id(TrackingConfig(uri=f"http://127.0.0.1:{port}", artifact_root="", request_timeout_s=2))
     assert time.perf_counter() - t0 < 5
+
+
+def test_a_deleted_experiment_is_named_with_the_fix(cfg):
+    exp = tracking.experiment_id(cfg)
+    MlflowClient().delete_experiment(exp)
+    with pytest.raises(ConfigError, match=f"experiment 't' in .* is deleted; restore it \\(mlflow experiments restore "
+                                          f"--experiment-id {exp}\\) or record elsewhere with tracking.experiment="):
+        tracking.experiment_id(cfg)
 
 
 def test_latest_per_config_keeps_the_finished_rerun():
