@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lpr_sweep import ConfigError, DataError  # noqa: F401  (DataError is imported from here too)
+from lpr_sweep import ConfigError, DataError, restore_hint  # noqa: F401  (DataError is imported from here too)
 from lpr_sweep.model import CHARS, INPUT_HW
 
 ENV_ROOT = "LPR_DATA_ROOT"
@@ -100,12 +100,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def restore_hint(root: Path) -> str:
-    """How to put back a data root's missing or damaged file: download into that root, which re-fetches
-    only what does not match (a download elsewhere would leave data.root pointing at the damage)."""
-    return f"restore it with `python -m lpr_sweep.download --dest {root}` (re-fetches only what is missing or damaged)"
 
 
 def verify(root: Path) -> dict[str, str]:

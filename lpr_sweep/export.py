@@ -43,10 +43,26 @@ def to_onnx(model: nn.Module, path: Path) -> Path:
             external_data=False,  # one self-contained file is the deployable artifact
             verbose=False,
         )
+    strip_provenance(path)
     flushed = flush_denormals(path)
     if flushed:
         log.info("export: %d denormal weights flushed to zero", flushed)
     return path
+
+
+def strip_provenance(path: Path) -> None:
+    """Drop what torch.onnx.export records per node (Python stack traces with this checkout's paths,
+    FX names, rewrite rules) and the doc strings: a deployable should not carry the build machine's
+    paths, and its size should not depend on where the repository sits (it moved by 264 bytes
+    between /work/main and /work/cc). Graph, weights and names are untouched."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    model.graph.doc_string = model.doc_string = ""
+    onnx.save(model, str(path))
 
 
 def flush_denormals(path: Path) -> int:

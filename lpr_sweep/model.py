@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lpr_sweep import ConfigError, DataError
+from lpr_sweep import ConfigError, DataError, restore_hint
 
 CHARS = (
     list("京沪津渝冀晋蒙辽吉黑苏浙皖闽赣鲁豫鄂湘粤桂琼川贵云藏陕甘青宁新")
@@ -153,8 +153,6 @@ class LPRNet(nn.Module):
 
 
 def _restore(weights: Path) -> str:
-    from lpr_sweep.data import restore_hint
-
     # upstream's weights sit in <data root>/weights/
     return restore_hint(weights.parent.parent if weights.parent.name == "weights" else Path("<the data root>"))
 

@@ -7,6 +7,7 @@ every stage and before every trial.
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Any
 
 _interrupted: list[str] = []  # the signal, once one arrived
@@ -21,10 +22,19 @@ def _interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {_interrupted[0]}")
 
 
+def _unraisable(info: Any, default=sys.unraisablehook) -> None:
+    # Our KeyboardInterrupt raised inside a weakref callback or __del__ (seen: torch's WeakIdKeyDictionary)
+    # cannot propagate; Python would print it with a traceback. check_interrupted raises it again.
+    if isinstance(info.exc_value, KeyboardInterrupt) and _interrupted:
+        return
+    default(info)
+
+
 def handle_interrupts() -> None:
     """Let SIGTERM unwind like Ctrl-C, so runs get marked KILLED instead of staying RUNNING."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    sys.unraisablehook = _unraisable
 
 
 def check_interrupted() -> None:

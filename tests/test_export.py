@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -50,3 +52,12 @@ def test_denormal_weights_are_flushed_and_nothing_else_changes(tmp_path):
     tiny = np.finfo(np.float32).tiny
     assert not any(((np.abs(w) < tiny) & (w != 0)).any() for w in weights.values() if w.dtype == np.float32)
     assert export.flush_denormals(path) == 0  # nothing left to flush
+
+
+def test_the_exported_file_carries_no_source_paths_and_its_size_does_not_depend_on_them(tmp_path):
+    torch.manual_seed(0)
+    net = LPRNet().eval()
+    path = export.to_onnx(net, tmp_path / "m.onnx")
+    raw = path.read_bytes()
+    assert b"stack_trace" not in raw and str(Path(export.__file__).parent).encode() not in raw
+    assert not any(n.metadata_props or n.doc_string for n in onnx.load(str(path)).graph.node)
