@@ -53,8 +53,8 @@ def to_onnx(model: nn.Module, path: Path) -> Path:
 def strip_provenance(path: Path) -> None:
     """Drop what torch.onnx.export records per node (Python stack traces with this checkout's paths,
     FX names, rewrite rules) and the doc strings: a deployable should not carry the build machine's
-    paths, and its size should not depend on where the repository sits (it moved by 264 bytes
-    between /work/main and /work/cc). Graph, weights and names are untouched."""
+    paths, and its size should not depend on where the repository sits (two checkouts gave files
+    264 bytes apart). Graph, weights and names are untouched."""
     import onnx
 
     model = onnx.load(str(path))
