@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lpr_sweep import report, tracking
+from lpr_sweep import decision, report, tracking
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     rule = report.rule_of(args)
-    decision = report.decide(sweep, rule)
-    champion, note = decision.champion, decision.note
-    print(report.markdown(sweep, rule, decision, report.pareto(sweep.trials, rule.min_gain)))
+    decided = decision.decide(sweep, rule)
+    champion, note = decided.champion, decided.note
+    print(report.markdown(sweep, rule, decided, report.pareto(sweep.trials, rule.min_gain)))
     if champion is None:
         print(f"error: {note}", file=sys.stderr)
         return 1

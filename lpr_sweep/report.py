@@ -3,7 +3,7 @@
 Reads one sweep (default: the latest parent run) back from MLflow and writes ``report.md``,
 ``report.png`` and ``final.json`` into the sweep's ``multirun/`` folder and onto the parent run: one
 table row per trial, the Pareto front, the final, and the champion under a stated rule. The choosing
-is ``lpr_sweep.selection``; this module reads, renders and registers.
+is ``lpr_sweep.selection`` and ``lpr_sweep.decision``; this module reads and renders.
 
 How the champion is chosen:
 1. Only comparable trials take part (same data, plates, reference and timing protocol as most of
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import sys
@@ -36,14 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from lpr_sweep import selection, tracking
-from lpr_sweep.tracking import deploy, registry
-from lpr_sweep.selection import OBJECTIVES, Rule, Trial, closest, pareto, select
+from lpr_sweep.decision import CHAMPION_ALIAS, Decision, decide, register
+from lpr_sweep.tracking import registry
+from lpr_sweep.selection import OBJECTIVES, Rule, Trial, pareto
 
-log = logging.getLogger(__name__)
-CHAMPION_ALIAS = "champion"
-CHALLENGER_ALIAS = "challenger"  # the latest sweep's winner when it did not beat the champion
-REGISTRY_TAGS = ("accuracy", "val_accuracy", "drop_pts", "speedup", "speedup_ci_low", "speedup_ci_high",
-                 "latency_p50_ms", "latency_ref_p50_ms", "size_file_bytes")
 
 # The original course report's published rows, quoted in docs/measured.md ("The original course
 # report"), keyed by (optimization preset, prune ratio). Its protocol differs from ours: eager
@@ -175,24 +170,6 @@ def _host_line(done: list[Trial]) -> str:
             f"{100 * selection.HOST_MARGIN:.0f} %" + ("; none did here" if spread <= selection.HOST_SHIFT else ""))
 
 
-@dataclass
-class Decision:
-    """What the report decided, and on which numbers."""
-
-    champion: Trial | None  # this sweep's best under the rule (its final's metrics when the final ran)
-    note: str
-    excluded: dict[str, str] = field(default_factory=dict)  # run id -> why it is not comparable
-    finalists: list[Trial] = field(default_factory=list)  # with the final's metrics when it ran
-    final_protocol: dict[str, str] | None = None
-    decided_on: str = "each trial's own paired speed-up, timed in its own process"
-    incumbent: Trial | None = None  # the registered champion when this report began (final's metrics if timed)
-    incumbent_version: str = ""
-    incumbent_reason: str = ""  # why the incumbent cannot be compared ("" when it can)
-    promote: bool = True
-    why: str = "no champion was registered yet"
-    registry: str = ""
-
-
 def final_table(decision: Decision) -> list[str]:
     if not decision.finalists:
         return []
@@ -319,60 +296,6 @@ def plot(sweep: Sweep, champion: Trial | None, front: list[Trial], path: Path) -
     return path
 
 
-def _readable(key: str, value: float) -> str:
-    """A tag a person reads: bytes whole, ratios to 2 decimals, accuracies to 4."""
-    if key.endswith("_bytes"):
-        return str(int(round(value)))
-    return f"{value:.2f}" if key.startswith(("speedup", "latency", "drop")) else f"{value:.4f}"
-
-
-def register(decision: Decision, rule: Rule, sweep: Sweep, model_name: str, force: bool = False) -> tuple[str, bool]:
-    """Register the sweep's champion (once per sweep) and move an alias: ``champion`` when the gate
-    lets it through (or ``force``), else ``challenger``. (a line for the report, whether it registered)."""
-    champion = decision.champion
-    source = champion.tags.get(tracking.MODEL_TAG)
-    if not source:
-        raise LookupError(f"trial {champion.name} (run {champion.run_id}) logged no MLflow Model (it predates them); "
-                          "rerun it with `resume=false` to log one")
-    registry.check_model_files(source)
-    earlier = registry.sweep_version(model_name, sweep.parent_id)
-    if earlier is not None and earlier.tags.get(registry.TRIAL_RUN_TAG) == champion.run_id:
-        version, note = str(earlier.version), f"version {earlier.version} (registered by an earlier report of this sweep)"
-    elif earlier is not None and not force:
-        return (f"nothing registered: this sweep already registered version {earlier.version} (trial "
-                f"{earlier.tags.get('trial', '?')}), and a sweep registers one version; --promote registers {champion.name} "
-                "anyway"), False
-    else:
-        m, p = champion.metrics, champion.params
-        description = (
-            f"Trial {champion.name} (run {champion.run_id}) of sweep {sweep.parent_id}, under: {rule}. Speed-up {m['speedup']:.2f}x "
-            f"[{m['speedup_ci_low']:.2f}, {m['speedup_ci_high']:.2f}] over {p.get('protocol.reference', 'the reference')} "
-            f"({decision.decided_on.split(':')[0]}), {p.get('protocol.threads', '?')} threads, batch 1; accuracy {m['accuracy']:.4f} "
-            f"on {p.get('protocol.n_scored', '?')} scored plates (chosen on {p.get('protocol.n_val', '?')} validation plates). "
-            f"Input: {deploy.INPUT}."
-        )
-        tags = {"rule": str(rule), "trial": champion.name, registry.SWEEP_RUN_TAG: sweep.parent_id,
-                registry.TRIAL_RUN_TAG: champion.run_id, **{k: _readable(k, m[k]) for k in REGISTRY_TAGS if k in m}}
-        version = registry.register_model(source, model_name, tags, description)
-        note = f"version {version}"
-    if decision.promote or force:
-        registry.set_champion(model_name, CHAMPION_ALIAS, version)
-        why = "forced by --promote" if force and not decision.promote else decision.why
-        line = f"{model_name} {note} is now '{CHAMPION_ALIAS}' ({why})"
-        registry.describe(model_name, f"Champion: version {version}, trial {champion.name} of sweep {sweep.parent_id}. Why: "
-                                      f"{why}. Rule: {rule}.", {"champion_version": version, "champion_trial": champion.name})
-    elif version == decision.incumbent_version:
-        line = f"champion v{version} holds ({decision.why})"
-    else:
-        registry.set_champion(model_name, CHALLENGER_ALIAS, version)
-        line = (f"kept champion v{decision.incumbent_version} ({decision.why}); {model_name} {note} is '{CHALLENGER_ALIAS}'; "
-                "--promote moves the champion alias to it anyway")
-        registry.describe(model_name, f"Champion: version {decision.incumbent_version}, trial {decision.incumbent.name if decision.incumbent else '?'}. "
-                                      f"It held against version {version} ({champion.name}, sweep {sweep.parent_id}): "
-                                      f"{decision.why}. Rule: {rule}.", {"challenger_version": version})
-    return line, True
-
-
 def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", default="latest", help="parent run id of the sweep (default: the latest)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="latency",
@@ -392,85 +315,6 @@ def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
 def rule_of(args: argparse.Namespace) -> Rule:
     drop = args.max_drop_pts if args.max_drop_pts is not None else (1.0 if args.objective == "latency" else math.inf)
     return Rule(args.objective, drop, args.min_speedup, args.max_latency_ms, args.max_size_bytes, args.min_gain)
-
-
-def _account(champion: Trial, among: list[Trial], rule: Rule) -> str:
-    m = champion.metrics
-    tied = [t.name for t in among if t.run_id != champion.run_id and rule.admits(t)
-            and selection.tied_on_speed(champion, t, rule.min_gain)]
-    return (f"{champion.name} (run {champion.run_id}): speed-up {m['speedup']:.2f}x [{m['speedup_ci_low']:.2f}, "
-            f"{m['speedup_ci_high']:.2f}], validation accuracy {m['val_accuracy']:.4f}, scored accuracy {m['accuracy']:.4f}"
-            + (f"; tied on speed with {len(tied)} other trial(s), chosen by the tie rule" if tied else ""))
-
-
-def choose(sweep: Sweep, rule: Rule) -> tuple[Trial | None, str]:
-    """The champion on the trials' own ratios, among comparable trials, and a one-line account of the
-    choice (which names the closest run on a miss)."""
-    _, excluded = selection.comparable(sweep.trials)
-    ranked = [t for t in sweep.trials if t.run_id not in excluded]
-    champion = select(ranked, rule)
-    if champion is not None:
-        return champion, _account(champion, ranked, rule)
-    near = closest(ranked, rule)
-    if near is None:
-        return None, ("none: no comparable trial finished with the metrics a decision needs (paired speed-up and validation "
-                      "accuracy, no error recorded; a sweep with data.val_size=0 cannot decide without reading the scored plates)")
-    misses = ", ".join(f"{k} over by {v:.3g}" for k, v in rule.excess(near).items() if v > 0)
-    return None, f"none: no trial satisfies the rule; closest is {near.name} (run {near.run_id}): {misses}; nothing registered"
-
-
-Timer = Any  # finalists -> (finalists with the final's metrics, the final's protocol); lpr_sweep.final.run
-
-
-def decide(sweep: Sweep, rule: Rule, incumbent: tuple[str, Trial | None] | None = None, cap: int = selection.FINALISTS,
-           timer: Timer | None = None) -> Decision:
-    """The sweep's champion under ``rule``: comparable trials only, finalists timed side by side by
-    ``timer`` (None: on their own ratios), and whether it beats the registered ``incumbent`` (version, trial)."""
-    key, excluded = selection.comparable(sweep.trials)
-    in_trial, note = choose(sweep, rule)
-    decision = Decision(in_trial, note, excluded)
-    inc = None
-    if incumbent is not None:
-        decision.incumbent_version, inc = incumbent
-        if inc is None:
-            decision.incumbent_reason = "its trial run is gone from the store"
-        else:
-            inc = next((t for t in sweep.trials if t.run_id == inc.run_id), inc)
-            decision.incumbent_reason = excluded.get(inc.run_id, "") or selection.differs(inc, key)
-    if in_trial is None:
-        return decision
-    ranked = [t for t in sweep.trials if t.run_id not in excluded]
-    comparable_inc = inc if inc is not None and not decision.incumbent_reason else None
-    fins = selection.finalists(ranked, rule, comparable_inc, cap)
-    decision.finalists = fins
-    if timer is not None and len(fins) > 1:
-        try:
-            fins, decision.final_protocol = timer(fins)
-            decision.finalists = fins
-            decision.decided_on = (f"the final: {len(fins)} finalists' logged models timed side by side with the reference in "
-                                   "one process (the trials' own ratios only chose the finalists)")
-        except Exception as e:  # the trials' own numbers still decide; say so
-            log.warning("the final failed: %s", e)
-            decision.decided_on = (f"each trial's own paired speed-up: the final failed ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0][:200] if str(e) else ''})")
-    elif timer is not None:
-        decision.decided_on = "each trial's own paired speed-up (one finalist: nothing to time side by side)"
-    else:
-        decision.decided_on = "each trial's own paired speed-up, timed in its own process (--no-final)"
-    timed_inc = next((t for t in fins if comparable_inc is not None and t.run_id == comparable_inc.run_id), None)
-    own = [t for t in fins if t is not timed_inc or t.run_id in {r.run_id for r in ranked}]
-    decision.champion = selection.best(own, rule.objective, rule.min_gain)
-    decision.note = _account(decision.champion, own, rule)
-    decision.incumbent = timed_inc or inc
-    if incumbent is None:
-        decision.promote, decision.why = True, "no champion was registered yet"
-    elif inc is None or decision.incumbent_reason:
-        decision.promote = False
-        decision.why = (f"the champion v{decision.incumbent_version} cannot be compared with this sweep: "
-                        f"{decision.incumbent_reason}")
-    else:
-        decision.promote, decision.why = selection.promotes(decision.champion, decision.incumbent, rule)
-    return decision
 
 
 def _log_final(decision: Decision, parent_id: str, out: Path) -> Path:

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from lpr_sweep import benchmark, final, report
+from lpr_sweep import benchmark, final
 from lpr_sweep.benchmark import BenchmarkConfig
-from lpr_sweep.selection import Rule, Trial, best
+from lpr_sweep.selection import Trial, best
 
 
 class Host:
@@ -72,27 +72,3 @@ def test_rotating_blocks_give_every_model_every_position():
     cfg = BenchmarkConfig(warmup=0, loads=1, blocks=3, calls_per_block=1, min_seconds=0, max_blocks=3)
     benchmark.rotating(models, lambda x: seen.append("ref"), None, cfg)
     assert [seen[i:i + 3] for i in range(0, 9, 3)] == [["ref", "m0", "m1"], ["m0", "m1", "ref"], ["m1", "ref", "m0"]]
-
-
-def test_decide_reads_the_finals_ratios_and_falls_back_when_it_fails():
-    a, b = _trial("a", 2.0, 0.90), _trial("b", 2.6, 0.895)  # b looks faster in its own trial
-    sweep = report.Sweep("p", None, [a, b])
-    rule = Rule("latency", max_drop_pts=1.0)
-
-    def even(finalists):  # the final finds them equal
-        out = [Trial(t.run_id, t.name, t.status, {**t.metrics, "trial_speedup": t.metrics["speedup"], "trial_speedup_ci_low": 0.0,
-                     "trial_speedup_ci_high": 9.0, "speedup": 2.2, "speedup_ci_low": 2.19, "speedup_ci_high": 2.21})
-               for t in finalists]
-        return out, {"reference": "r", "threads": "2", "batch": "1", "input": "i", "warmup": "20", "calls_per_block": "20",
-                     "loads": "3", "seconds_min_max": "10-30", "order": "rotating"}
-
-    decision = report.decide(sweep, rule, timer=even)
-    assert decision.champion.name == "a" and decision.decided_on.startswith("the final: 2 finalists")
-    assert "| a **(winner)** | 2.200x [2.190, 2.210] |" in "\n".join(report.final_table(decision))
-
-    def broken(finalists):
-        raise OSError("no space left on device")
-
-    decision = report.decide(sweep, rule, timer=broken)
-    assert decision.champion.name == "b" and "the final failed (OSError: no space left on device)" in decision.decided_on
-    assert report.decide(sweep, rule).decided_on.endswith("(--no-final)")

@@ -10,7 +10,7 @@ import pytest
 import mlflow
 from mlflow import MlflowClient
 
-from lpr_sweep import report, tracking
+from lpr_sweep import decision, report, tracking
 from lpr_sweep.selection import Rule, Trial
 
 
@@ -34,7 +34,7 @@ def test_markdown_shows_failed_runs_intervals_noise_and_published_numbers():
     busy = _t("busy", 0.8, 2.0, **{"optimization.name": "prune"})
     busy.metrics.update(bench_noisy=1.0, bench_host_busy=1.0, bench_other_cores=0.83)
     sweep = report.Sweep("parent", None, [BASE, pruned, failed, busy])
-    text = report.markdown(sweep, Rule("accuracy"), report.Decision(BASE, "base"), report.pareto(sweep.trials))
+    text = report.markdown(sweep, Rule("accuracy"), decision.Decision(BASE, "base"), report.pareto(sweep.trials))
     rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| ")}
     assert "FAILED: RuntimeError: boom" in rows["g"]
     assert "**champion**" in rows["base"] and "90.0 % · 250 ms · 1.11 MB" in rows["base"]
@@ -45,7 +45,7 @@ def test_markdown_shows_failed_runs_intervals_noise_and_published_numbers():
     assert "[1] accuracy · latency · size as published by the original course report" in text
     assert "the reference's p50 ranged 4.00-4.00 ms over the trials (0 % apart)" in text and "none did here" in text
     busy.metrics["latency_ref_p50_ms"] = 5.0  # a slow spell of the host while one trial was timed
-    text = report.markdown(sweep, Rule("accuracy"), report.Decision(BASE, "base"), report.pareto(sweep.trials))
+    text = report.markdown(sweep, Rule("accuracy"), decision.Decision(BASE, "base"), report.pareto(sweep.trials))
     assert "ranged 4.00-5.00 ms over the trials (25 % apart)" in text and "clears the other's by 15 %" in text
     assert "none did here" not in text
 

@@ -1,0 +1,180 @@
+"""The champion decision: which trial of a sweep wins under a rule, and what the registry records.
+
+1. Only comparable trials take part (``selection.comparable``); the others carry the reason.
+2. Finalists: the admitted trials no admitted trial beats beyond the margin, the Pareto front, and
+   the incumbent champion when it is comparable.
+3. A timer (``lpr_sweep.final.run``) times them side by side; the rule decides on those ratios.
+4. The promotion gate: ``champion`` moves only when the winner beats the incumbent under the same
+   rule; otherwise the winner becomes ``challenger``. A sweep registers one version at most.
+
+``lpr_sweep.report`` renders a decision; ``lpr_sweep.best`` prints one without recording it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lpr_sweep import selection, tracking
+from lpr_sweep.selection import Rule, Trial, closest, select
+from lpr_sweep.tracking import deploy, registry
+
+if TYPE_CHECKING:
+    from lpr_sweep.report import Sweep
+
+log = logging.getLogger(__name__)
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"  # the latest sweep's winner when it did not beat the champion
+REGISTRY_TAGS = ("accuracy", "val_accuracy", "drop_pts", "speedup", "speedup_ci_low", "speedup_ci_high",
+                 "latency_p50_ms", "latency_ref_p50_ms", "size_file_bytes")
+
+
+@dataclass
+class Decision:
+    """What the report decided, and on which numbers."""
+
+    champion: Trial | None  # this sweep's best under the rule (its final's metrics when the final ran)
+    note: str
+    excluded: dict[str, str] = field(default_factory=dict)  # run id -> why it is not comparable
+    finalists: list[Trial] = field(default_factory=list)  # with the final's metrics when it ran
+    final_protocol: dict[str, str] | None = None
+    decided_on: str = "each trial's own paired speed-up, timed in its own process"
+    incumbent: Trial | None = None  # the registered champion when this report began (final's metrics if timed)
+    incumbent_version: str = ""
+    incumbent_reason: str = ""  # why the incumbent cannot be compared ("" when it can)
+    promote: bool = True
+    why: str = "no champion was registered yet"
+    registry: str = ""
+
+
+def _readable(key: str, value: float) -> str:
+    """A tag a person reads: bytes whole, ratios to 2 decimals, accuracies to 4."""
+    if key.endswith("_bytes"):
+        return str(int(round(value)))
+    return f"{value:.2f}" if key.startswith(("speedup", "latency", "drop")) else f"{value:.4f}"
+
+
+def register(decision: Decision, rule: Rule, sweep: Sweep, model_name: str, force: bool = False) -> tuple[str, bool]:
+    """Register the sweep's champion (once per sweep) and move an alias: ``champion`` when the gate
+    lets it through (or ``force``), else ``challenger``. (a line for the report, whether it registered)."""
+    champion = decision.champion
+    source = champion.tags.get(tracking.MODEL_TAG)
+    if not source:
+        raise LookupError(f"trial {champion.name} (run {champion.run_id}) logged no MLflow Model (it predates them); "
+                          "rerun it with `resume=false` to log one")
+    registry.check_model_files(source)
+    earlier = registry.sweep_version(model_name, sweep.parent_id)
+    if earlier is not None and earlier.tags.get(registry.TRIAL_RUN_TAG) == champion.run_id:
+        version, note = str(earlier.version), f"version {earlier.version} (registered by an earlier report of this sweep)"
+    elif earlier is not None and not force:
+        return (f"nothing registered: this sweep already registered version {earlier.version} (trial "
+                f"{earlier.tags.get('trial', '?')}), and a sweep registers one version; --promote registers {champion.name} "
+                "anyway"), False
+    else:
+        m, p = champion.metrics, champion.params
+        description = (
+            f"Trial {champion.name} (run {champion.run_id}) of sweep {sweep.parent_id}, under: {rule}. Speed-up {m['speedup']:.2f}x "
+            f"[{m['speedup_ci_low']:.2f}, {m['speedup_ci_high']:.2f}] over {p.get('protocol.reference', 'the reference')} "
+            f"({decision.decided_on.split(':')[0]}), {p.get('protocol.threads', '?')} threads, batch 1; accuracy {m['accuracy']:.4f} "
+            f"on {p.get('protocol.n_scored', '?')} scored plates (chosen on {p.get('protocol.n_val', '?')} validation plates). "
+            f"Input: {deploy.INPUT}."
+        )
+        tags = {"rule": str(rule), "trial": champion.name, registry.SWEEP_RUN_TAG: sweep.parent_id,
+                registry.TRIAL_RUN_TAG: champion.run_id, **{k: _readable(k, m[k]) for k in REGISTRY_TAGS if k in m}}
+        version = registry.register_model(source, model_name, tags, description)
+        note = f"version {version}"
+    if decision.promote or force:
+        registry.set_champion(model_name, CHAMPION_ALIAS, version)
+        why = "forced by --promote" if force and not decision.promote else decision.why
+        line = f"{model_name} {note} is now '{CHAMPION_ALIAS}' ({why})"
+        registry.describe(model_name, f"Champion: version {version}, trial {champion.name} of sweep {sweep.parent_id}. Why: "
+                                      f"{why}. Rule: {rule}.", {"champion_version": version, "champion_trial": champion.name})
+    elif version == decision.incumbent_version:
+        line = f"champion v{version} holds ({decision.why})"
+    else:
+        registry.set_champion(model_name, CHALLENGER_ALIAS, version)
+        line = (f"kept champion v{decision.incumbent_version} ({decision.why}); {model_name} {note} is '{CHALLENGER_ALIAS}'; "
+                "--promote moves the champion alias to it anyway")
+        registry.describe(model_name, f"Champion: version {decision.incumbent_version}, trial {decision.incumbent.name if decision.incumbent else '?'}. "
+                                      f"It held against version {version} ({champion.name}, sweep {sweep.parent_id}): "
+                                      f"{decision.why}. Rule: {rule}.", {"challenger_version": version})
+    return line, True
+
+
+def _account(champion: Trial, among: list[Trial], rule: Rule) -> str:
+    m = champion.metrics
+    tied = [t.name for t in among if t.run_id != champion.run_id and rule.admits(t)
+            and selection.tied_on_speed(champion, t, rule.min_gain)]
+    return (f"{champion.name} (run {champion.run_id}): speed-up {m['speedup']:.2f}x [{m['speedup_ci_low']:.2f}, "
+            f"{m['speedup_ci_high']:.2f}], validation accuracy {m['val_accuracy']:.4f}, scored accuracy {m['accuracy']:.4f}"
+            + (f"; tied on speed with {len(tied)} other trial(s), chosen by the tie rule" if tied else ""))
+
+
+def choose(sweep: Sweep, rule: Rule) -> tuple[Trial | None, str]:
+    """The champion on the trials' own ratios, among comparable trials, and a one-line account of the
+    choice (which names the closest run on a miss)."""
+    _, excluded = selection.comparable(sweep.trials)
+    ranked = [t for t in sweep.trials if t.run_id not in excluded]
+    champion = select(ranked, rule)
+    if champion is not None:
+        return champion, _account(champion, ranked, rule)
+    near = closest(ranked, rule)
+    if near is None:
+        return None, ("none: no comparable trial finished with the metrics a decision needs (paired speed-up and validation "
+                      "accuracy, no error recorded; a sweep with data.val_size=0 cannot decide without reading the scored plates)")
+    misses = ", ".join(f"{k} over by {v:.3g}" for k, v in rule.excess(near).items() if v > 0)
+    return None, f"none: no trial satisfies the rule; closest is {near.name} (run {near.run_id}): {misses}; nothing registered"
+
+
+Timer = Any  # finalists -> (finalists with the final's metrics, the final's protocol); lpr_sweep.final.run
+
+
+def decide(sweep: Sweep, rule: Rule, incumbent: tuple[str, Trial | None] | None = None, cap: int = selection.FINALISTS,
+           timer: Timer | None = None) -> Decision:
+    """The sweep's champion under ``rule``: comparable trials only, finalists timed side by side by
+    ``timer`` (None: on their own ratios), and whether it beats the registered ``incumbent`` (version, trial)."""
+    key, excluded = selection.comparable(sweep.trials)
+    in_trial, note = choose(sweep, rule)
+    decision = Decision(in_trial, note, excluded)
+    inc = None
+    if incumbent is not None:
+        decision.incumbent_version, inc = incumbent
+        if inc is None:
+            decision.incumbent_reason = "its trial run is gone from the store"
+        else:
+            inc = next((t for t in sweep.trials if t.run_id == inc.run_id), inc)
+            decision.incumbent_reason = excluded.get(inc.run_id, "") or selection.differs(inc, key)
+    if in_trial is None:
+        return decision
+    ranked = [t for t in sweep.trials if t.run_id not in excluded]
+    comparable_inc = inc if inc is not None and not decision.incumbent_reason else None
+    fins = selection.finalists(ranked, rule, comparable_inc, cap)
+    decision.finalists = fins
+    if timer is not None and len(fins) > 1:
+        try:
+            fins, decision.final_protocol = timer(fins)
+            decision.finalists = fins
+            decision.decided_on = (f"the final: {len(fins)} finalists' logged models timed side by side with the reference in "
+                                   "one process (the trials' own ratios only chose the finalists)")
+        except Exception as e:  # the trials' own numbers still decide; say so
+            log.warning("the final failed: %s", e)
+            decision.decided_on = (f"each trial's own paired speed-up: the final failed ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0][:200] if str(e) else ''})")
+    elif timer is not None:
+        decision.decided_on = "each trial's own paired speed-up (one finalist: nothing to time side by side)"
+    else:
+        decision.decided_on = "each trial's own paired speed-up, timed in its own process (--no-final)"
+    timed_inc = next((t for t in fins if comparable_inc is not None and t.run_id == comparable_inc.run_id), None)
+    own = [t for t in fins if t is not timed_inc or t.run_id in {r.run_id for r in ranked}]
+    decision.champion = selection.best(own, rule.objective, rule.min_gain)
+    decision.note = _account(decision.champion, own, rule)
+    decision.incumbent = timed_inc or inc
+    if incumbent is None:
+        decision.promote, decision.why = True, "no champion was registered yet"
+    elif inc is None or decision.incumbent_reason:
+        decision.promote = False
+        decision.why = (f"the champion v{decision.incumbent_version} cannot be compared with this sweep: "
+                        f"{decision.incumbent_reason}")
+    else:
+        decision.promote, decision.why = selection.promotes(decision.champion, decision.incumbent, rule)
+    return decision
