@@ -44,6 +44,8 @@ class ChannelStridePool(nn.Module):
     Structured pruning replaces the stride by the explicit ``channels`` that survive, so that the
     channels kept are still the ones the original model used; ``prune.slice_pools`` then reorders the
     producer so that they come first, and ``first`` keeps that prefix (a Split, not a Gather, in ONNX).
+    ``prune.split_producers`` goes on to compute that prefix in a conv of its own: the pool then gets
+    the producer's two parts and reads the first, and the graph selects no channel at all.
     """
 
     def __init__(self, channel_stride: int, w_stride: int):
@@ -53,7 +55,9 @@ class ChannelStridePool(nn.Module):
         self.register_buffer("channels", None, persistent=False)
         self.first = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if isinstance(x, tuple):  # a split producer (prune.split_producers): its first part is what passes on
+            return self.pool(x[0])
         if self.first:
             if self.first < x.shape[1]:  # a Split: NNCF quantizes across it, and not across a Slice
                 x = x.split([self.first, x.shape[1] - self.first], dim=1)[0]
@@ -142,7 +146,9 @@ class LPRNet(nn.Module):
                 kept.append(x)
         context, norms = [], []
         for i, (pool, f) in enumerate(zip(self.context_pools, kept)):  # one branch at a time, as upstream:
-            f = pool(f)  # the exported graph, and so the TVM tuning database key, stay the same
+            # the exported graph, and so the TVM tuning database key, stay the same; a split producer's parts
+            # are pooled apart (the pool is per channel) and meet only in the small pooled tensor
+            f = torch.cat([pool(p) for p in f], dim=1) if isinstance(f, tuple) else pool(f)
             norms.append(self._norm(f, i))
             context.append(f / norms[-1])
         x = self.container(torch.cat(context, dim=1))

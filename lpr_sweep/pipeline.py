@@ -117,8 +117,9 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, wo
         prune.run(net, prune_cfg)
         facts = {"sparsity": prune.sparsity(net)}  # of the pruned weights, before structured removal drops the dead ones
         facts["channels"] = channels.remove_dead_channels(net) if prune_cfg.structured else {}
-    # round_to, pool_round_to and slice_pools reshape after the finetune, so only the export depends on them
-    weights_cfg = {k: v for k, v in asdict(prune_cfg).items() if k not in ("round_to", "pool_round_to", "slice_pools")}
+    # round_to, pool_round_to, slice_pools and split_producers reshape after the finetune, so only the export depends on them
+    reshaping = ("round_to", "pool_round_to", "slice_pools", "split_producers")
+    weights_cfg = {k: v for k, v in asdict(prune_cfg).items() if k not in reshaping}
     source = cache.key("prune", cache.file_digest(weights), weights_cfg, conf.model.norm)
     if finetune_cfg.enabled:
         # the teacher is the reference runtime, which depends on the device (torch on cuda)
@@ -133,7 +134,7 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, wo
     zero = channels.reshape(net, prune_cfg)
     if zero:
         facts["zero_channels"] = zero
-    key = cache.key("export", source, prune_cfg.round_to, prune_cfg.pools_to, prune_cfg.slice_pools)
+    key = cache.key("export", source, *(getattr(prune_cfg, k) for k in reshaping[2:]), prune_cfg.round_to, prune_cfg.pools_to)
     with stages("export"):
         folder, hit = cache.fetch(conf.cache, "export", key, lambda out: export.to_onnx(net, out / "model.onnx"), workdir)
         workdir.mkdir(parents=True, exist_ok=True)

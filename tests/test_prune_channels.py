@@ -207,6 +207,35 @@ def test_sliced_pools_on_a_model_not_rebuilt_only_reorder_it(real_root, tmp_path
         channels.slice_pools(net)
 
 
+@pytest.mark.parametrize("ratio, structured", [(0.0, False), (0.5, False), (0.9, True)])
+def test_split_producers_leave_no_channel_selection_in_the_graph(real_root, tmp_path, ratio, structured):
+    """Every form the presets export (dense, unstructured, structured and padded): after
+    ``split_producers`` the ONNX graph holds no Slice, Split or Gather, and ORT's logits match the model's."""
+    import copy
+
+    import onnx
+    import onnxruntime as ort
+
+    from lpr_sweep import export
+
+    cfg = PruneConfig(ratio=ratio, structured=structured, round_to=8 if structured else 1, pool_round_to=32 if structured else 0)
+    before = prune.run(_real(real_root), cfg)
+    if structured:
+        channels.remove_dead_channels(before)
+    split = copy.deepcopy(before)
+    channels.reshape(split, cfg)
+    assert any(isinstance(m, channels.SplitProducer) for m in split.modules())
+    x = _plates(real_root, 32)
+    _assert_same_logits(before, split, x)
+    path = export.to_onnx(split, tmp_path / "split.onnx")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert not ops & {"Slice", "Split", "Gather"}, ops
+    with torch.no_grad():
+        want = before(x)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    assert abs(got - want.numpy()).max() <= 1e-4 * float(want.abs().max())
+
+
 def test_alignment_needs_a_rebuilt_model():
     with pytest.raises(ValueError, match="run that first"):
         channels.align_channels(_net(), 8)

@@ -26,6 +26,7 @@ class PruneConfig:
     round_to: int = 1  # structured: pad each conv's channels with zero channels to a multiple of this
     pool_round_to: int = 0  # structured: pad what each channel-selecting pool passes on to a multiple of this; 0 = round_to
     slice_pools: bool = False  # order each pool's producer so the pool slices a prefix instead of gathering or striding
+    split_producers: bool = True  # then compute that prefix in a conv of its own: no channel selection in the graph
 
     def __post_init__(self):
         if not 0.0 <= self.ratio < 1.0:

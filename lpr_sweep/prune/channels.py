@@ -33,7 +33,9 @@ def reshape(model: LPRNet, cfg: PruneConfig) -> dict[str, int]:
     """What the export sees, after the finetune: ``round_to`` / ``pool_round_to`` padding, then
     ``slice_pools``, as ``cfg`` asks; return {conv: zero channels added}."""
     padded = align_channels(model, cfg.round_to, cfg.pools_to) if cfg.round_to > 1 or cfg.pools_to > 1 else {}
-    sliced = slice_pools(model, cfg.round_to) if cfg.slice_pools else {}
+    sliced = slice_pools(model, cfg.round_to) if cfg.slice_pools or cfg.split_producers else {}
+    if cfg.split_producers:
+        split_producers(model)
     return dict(collections.Counter(padded) + collections.Counter(sliced))
 
 
@@ -278,6 +280,48 @@ def slice_pools(model: LPRNet, multiple: int = 1) -> dict[str, int]:
         added[name] = extra
     _pad_conv(container, weight=torch.cat(contexts, dim=1))
     return added
+
+
+class SplitProducer(nn.Module):
+    """A pool's producer (conv, BatchNorm, ReLU) as two: the channels the pool passes on, and the
+    rest, which only the global context reads. Returns both; LPRNet pools the context per part."""
+
+    def __init__(self, head: nn.Module, conv: nn.Conv2d, bn: nn.BatchNorm2d, first: int):
+        super().__init__()
+        self.head = head
+        self.parts = nn.ModuleList(
+            nn.Sequential(_shrunk_conv(conv, part, list(range(conv.in_channels)), conv.bias), _shrunk_bn(bn, part), nn.ReLU())
+            for part in (list(range(first)), list(range(first, conv.out_channels)))
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.head(x)
+        return self.parts[0](h), self.parts[1](h)
+
+
+# Each channel-selecting pool's producer in LPRNet's backbone: (index of the conv or block, its
+# last conv's name, the pool's index); BatchNorm and ReLU follow at the next two indices.
+_PRODUCERS = [(0, "backbone.0", 3), (4, "backbone.4.block.6", 7), (11, "backbone.11.block.6", 14)]
+
+
+@torch.no_grad()
+def split_producers(model: LPRNet) -> list[str]:
+    """After ``slice_pools``: compute each pool's prefix in a conv of its own, so that no Slice,
+    Split or Gather selects channels in the exported graph (OpenVINO runs those in reference
+    kernels: docs/optimizations.md, "Producers that split"). The logits stay the same (to float
+    rounding: the context's norm sums the same squares in another order). Returns the producers split."""
+    _check_structure(model, "prune.split_producers")
+    modules = dict(model.named_modules())
+    done = []
+    for index, conv_name, pool_index in _PRODUCERS:
+        conv, pool = modules[conv_name], model.backbone[pool_index]
+        if not pool.first or pool.first >= conv.out_channels:  # the pool passes on every channel: nothing to select
+            continue
+        head = nn.Identity() if index == 0 else model.backbone[index].block[:6]
+        model.backbone[index] = SplitProducer(head, conv, model.backbone[index + 1], pool.first).eval()
+        model.backbone[index + 1], model.backbone[index + 2] = nn.Identity(), nn.Identity()
+        done.append(conv_name)
+    return done
 
 
 def _pad_conv(conv: nn.Conv2d, out: int = 0, inp: int = 0, weight: torch.Tensor | None = None) -> None:
