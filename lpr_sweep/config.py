@@ -22,6 +22,7 @@ from lpr_sweep.evaluate import EvaluateConfig
 from lpr_sweep.finetune import FinetuneConfig, check_data
 from lpr_sweep.hardware import HardwareConfig
 from lpr_sweep.model import ModelConfig
+from lpr_sweep.profile import ProfileConfig
 from lpr_sweep.prune import PruneConfig
 from lpr_sweep.quant import QuantConfig, check_pairing
 from lpr_sweep.runtime import RuntimeConfig
@@ -48,6 +49,7 @@ class Config:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     resume: bool = False  # skip trials whose config already has a FINISHED run in the experiment

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from lpr_sweep import benchmark, cache, config, data, evaluate, export, finetune, hardware, prune, quant, runtime, signals, size, tracking
+from lpr_sweep import benchmark, cache, config, data, evaluate, export, finetune, hardware, profile, prune, quant, runtime, signals, size, tracking
 from lpr_sweep import model as lprnet
 from lpr_sweep.model_file import ModelFile
 from lpr_sweep.prune import channels
@@ -322,6 +322,11 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
             log.warning("[%s] speed-up interval [%.2f, %.2f] is wider than benchmark.max_ci_width after %d blocks: "
                         "flagged bench_noisy; its ranking is uncertain", name, metrics["speedup_ci_low"],
                         metrics["speedup_ci_high"], metrics["bench_blocks"])
+        with stages("profile"):  # after the timing, on a load of its own: the counters never slow what is timed
+            threads = hardware.threads(conf.hardware)
+            rows = profile.take(conf.profile, conf.runtime, built.loaded, conf.hardware, benchmark.inputs(scored, 1), workdir / "profile")
+            metrics.update(profile.log(rows, conf.runtime, f"{name}: µs per call by op type ({conf.runtime.name}, {threads} threads, "
+                                       f"batch 1, mean of {conf.profile.calls} calls)", workdir / "profile"))
         with stages("size"):
             metrics.update(size.measure(rt.artifacts, rt.constants()))
         with stages("deploy"):

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpr_sweep import selection, tracking
+from lpr_sweep import profile, selection, tracking
 from lpr_sweep.decision import CHAMPION_ALIAS, Decision, decide, register
 from lpr_sweep.tracking import registry
 from lpr_sweep.selection import OBJECTIVES, Rule, Trial, pareto
@@ -195,7 +195,22 @@ def final_table(decision: Decision) -> list[str]:
     return rows
 
 
-def markdown(sweep: Sweep, rule: Rule, decision: Decision, front: list[Trial]) -> str:
+def costliest(champion: Trial | None, rows: list[dict], n: int = 5) -> list[str]:
+    """Where the champion's time goes: its profile's ``n`` costliest ops (``lpr_sweep.profile``)."""
+    if champion is None:
+        return []
+    head = ["", f"## Where the champion's time goes ({champion.name})", ""]
+    if not rows:
+        return head + [f"No per-op profile: runtime {champion.params.get('runtime.name', '?')} gives none, or profile.enabled=false."]
+    m = champion.metrics
+    ref = f"; {m['profile_ref_kernel_us']:.0f} µs in reference kernels (ref_*)" if "profile_ref_kernel_us" in m else ""
+    return head + [f"Its {n} costliest of {len(rows)} ops, from the runtime's own counters (mean of "
+                   f"{champion.params.get('profile.calls', '?')} batch-1 calls after the timing, a load of its own); "
+                   f"{sum(r['us_per_call'] for r in rows):.0f} µs per call in all{ref}. The full profile is the run's profile.csv.",
+                   "", *profile.table(rows, n)]
+
+
+def markdown(sweep: Sweep, rule: Rule, decision: Decision, front: list[Trial], champion_profile: list[dict] | None = None) -> str:
     champion, note = decision.champion, decision.note
     on_front = {t.run_id for t in front}
     with_published = any(published(t) for t in sweep.trials)
@@ -252,6 +267,7 @@ def markdown(sweep: Sweep, rule: Rule, decision: Decision, front: list[Trial]) -
         "",
         *lines,
         *final_table(decision),
+        *(costliest(champion, champion_profile) if champion_profile is not None else []),
     ]
     if with_published:
         out += ["", f"[1] accuracy · latency · size as published by {PUBLISHED_SOURCE}."]
@@ -382,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             decision.registry, registered = f"not registered: {e}", False
     front = pareto(sweep.trials, rule.min_gain)
     md = out / "report.md"
-    md.write_text(markdown(sweep, rule, decision, front), encoding="utf-8")
+    rows = profile.of_run(decision.champion.run_id) if decision.champion is not None else []
+    md.write_text(markdown(sweep, rule, decision, front, rows), encoding="utf-8")
     png = plot(sweep, decision.champion, front, out / "report.png")
     files = [md, png] + ([_log_final(decision, sweep.parent_id, out)] if decision.finalists else [])
     registry.log_files(sweep.parent_id, files)

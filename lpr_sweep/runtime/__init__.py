@@ -9,6 +9,9 @@ Adding a runtime is one module, one YAML and one test (docs/extending.md, "Addin
 The class says what it needs, so no other module names it:
 - ``packages``: the packages whose versions change what it runs (cache keys, run tags);
 - ``devices``: the ``hardware.device`` values it runs on;
+- ``precisions`` (optional, default fp32 only): the ``runtime.precision`` values it takes, passed
+  to its constructor as ``precision`` when not fp32;
+- ``profile(...)`` (optional classmethod): per-op rows for ``lpr_sweep.profile``;
 - ``check(conf)`` (optional): refuses a whole-trial config it cannot run, with a ConfigError;
 - ``lowering`` (optional): the stage that turns the ONNX file into what it loads, named like the
   module ``lpr_sweep.<lowering>`` and its config group; TVM's is ``compile``.
@@ -31,10 +34,18 @@ from lpr_sweep.model_file import ModelFile
 from lpr_sweep.registry import Registry
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass
 class RuntimeConfig:
     name: str = "onnxruntime"
     module: str = ""  # where it registers; "" = lpr_sweep.runtime.<name>
+    precision: str = "fp32"  # float math: fp32, or bf16 where the runtime declares it (openvino); int8 kernels stay int8
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"runtime.precision={self.precision!r} is not one of {PRECISIONS}; use runtime.precision=fp32")
 
 
 class Runtime(Protocol):
@@ -74,6 +85,9 @@ def check(conf: Any) -> None:
     """Whole-config checks the trial's runtime declares, before any work."""
     cls = get(conf.runtime)
     _check_device(cls, conf.hardware.device)
+    if conf.runtime.precision not in getattr(cls, "precisions", ("fp32",)):
+        raise ConfigError(f"runtime={cls.name} runs fp32 only, not runtime.precision={conf.runtime.precision}; "
+                          "use runtime=openvino for bf16, or runtime.precision=fp32")
     if hasattr(cls, "check"):
         cls.check(conf)
 
@@ -92,7 +106,13 @@ def lower(conf: Any, model_file: ModelFile, workdir: Path) -> tuple[ModelFile, d
     return module.run(model_file, getattr(conf, stage), conf.hardware, Path(workdir))
 
 
+def options(cfg: RuntimeConfig | str) -> dict[str, str]:
+    """What the runtime's constructor and ``profile`` take beyond the defaults."""
+    precision = "fp32" if isinstance(cfg, str) else cfg.precision
+    return {} if precision == "fp32" else {"precision": precision}
+
+
 def build(cfg: RuntimeConfig | str, model_file: ModelFile, hardware: hw.HardwareConfig, workdir: Path) -> Runtime:
     cls = get(cfg)
     _check_device(cls, hardware.device)
-    return cls(model_file, hardware, Path(workdir))
+    return cls(model_file, hardware, Path(workdir), **options(cfg))
