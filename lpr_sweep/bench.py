@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize
 
-from lpr_sweep import benchmark, config, data, evaluate, hardware, pipeline, size
+from lpr_sweep import ConfigError, benchmark, config, data, evaluate, hardware, peers, pipeline, profile, size
 
 ROWS = {  # row name -> overrides on the default config
     "torch eager fp32": ["runtime=torch"],
     "ORT fp32": [],
     "OpenVINO fp32": ["runtime=openvino"],
+    "OpenVINO bf16": ["runtime=openvino", "runtime.precision=bf16"],
     "ORT int8 (ort_static)": ["quant=ort_static"],
     "OpenVINO int8 (nncf)": ["quant=nncf", "runtime=openvino"],
     "OpenVINO int8 (ort_static QDQ)": ["quant=ort_static", "runtime=openvino"],
@@ -78,7 +79,7 @@ ROWS = {  # row name -> overrides on the default config
         for runtime, precision, overrides in [("ORT", "fp32", []), ("OpenVINO", "int8 (nncf)", ["quant=nncf", "runtime=openvino"])]
     },
 }
-BASELINES = ("ORT fp32", "OpenVINO fp32", "torch eager fp32")
+BASELINES = ("ORT fp32", "OpenVINO fp32", "torch eager fp32", peers.PLAIN_NNCF)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,43 +89,63 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--calls", type=int, default=40, help="timed calls per row per round")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
-                        help="a subset of rows (the baselines are always measured)")
+                        help="a subset of rows (the baselines and the peers are always measured)")
+    parser.add_argument("--profile", action="store_true", help="print each row's five costliest ops (OpenVINO and ONNX Runtime rows)")
     args = parser.parse_args(argv)
-    names = [*BASELINES, *(r for r in args.rows if r not in BASELINES)]
+    names = [n for n in (*BASELINES, *args.rows) if n in ROWS]
+    names = list(dict.fromkeys(names))
 
     with initialize(config_path="../conf", version_base="1.3"), tempfile.TemporaryDirectory() as tmp:
-        confs = {n: config.validate(compose("config", overrides=[*ROWS[n], f"hardware.threads={args.threads}"])) for n in names}
-        root, calib, val, scored = data.load(confs["ORT fp32"].data)
+        confs = {}
+        for n in names:
+            try:
+                confs[n] = config.validate(compose("config", overrides=[*ROWS[n], f"hardware.threads={args.threads}"]))
+            except ConfigError as e:  # e.g. bf16 on a CPU without it: the other rows still run
+                print(f"skipped row {n!r}: {e}", file=sys.stderr)
+        names = list(confs)
+        base = confs["ORT fp32"]
+        root, calib, val, scored = data.load(base.data)
         built = {n: pipeline.build(confs[n], root, calib, val, Path(tmp) / str(i), pipeline.Stages(n))
                  for i, n in enumerate(names)}
+        rows = {n: (b.runtime, b.fp32_onnx, b.guard) for n, b in built.items()}
+        by_hand = peers.build(pipeline.weights_of(base, root), calib.images[: base.quant.calib_size], args.threads, Path(tmp) / "peers")
+        rows.update({n: (p, by_hand[peers.PLAIN_ORT].path, None) for n, p in by_hand.items()})
+        names = [*names[:3], *peers.NAMES, *names[3:]]
         x = benchmark.inputs(scored, 1)
-        for b in built.values():
-            benchmark.time_calls(b.runtime, x, args.warmup, 1)
+        for rt, _, _ in rows.values():
+            benchmark.time_calls(rt, x, args.warmup, 1)
         times: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for _ in range(args.rounds):
             for n in names:
-                times[n].append(benchmark.time_calls(built[n].runtime, x, 0, args.calls))
+                times[n].append(benchmark.time_calls(rows[n][0], x, 0, args.calls))
         stats = {n: benchmark.summarize(np.concatenate(times[n])) for n in names}
         round_p50 = {n: np.array([np.median(t) for t in times[n]]) for n in names}
-        accuracy = {n: evaluate.run(built[n].runtime, scored, confs[n].evaluate).accuracy for n in names}
+        accuracy = {n: evaluate.run(rows[n][0], scored, base.evaluate).accuracy for n in names}
 
         print(f"# make bench: {hardware.fingerprint()['hw.cpu']} ({hardware.fingerprint()['hw.isa']}), "
               f"{args.threads} threads, batch 1, {args.warmup} warm-up + {args.rounds}x{args.calls} interleaved "
               f"timed calls per row; speed-ups: median of per-round ratios [95 % bootstrap over rounds]; "
               f"accuracy on {len(scored)} scored plates, drop in points against ORT fp32; "
-              f"int8 calibrated on {len(calib)} and guarded on {len(val)} other plates, none of them scored")
-        print("| row | MACs M | p50 ms | p90 ms | vs ORT fp32 | vs OpenVINO fp32 | vs torch eager | accuracy | drop pts "
-              "| int8 guard | file bytes | nonzero bytes | gzip bytes |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+              f"int8 calibrated on {len(calib)} and guarded on {len(val)} other plates, none of them scored; "
+              f"peers built by hand as lpr_sweep/peers.py says (OpenVINO's own precision: "
+              f"{'; '.join(n.split(', ', 1)[1] + ': ' + by_hand[n].precision for n in peers.NAMES[1:])})")
+        print("| row | MACs M | p50 ms | p90 ms | vs ORT fp32 | vs OpenVINO fp32 | vs torch eager | vs peer OpenVINO + NNCF | accuracy "
+              "| drop pts | int8 guard | file bytes | nonzero bytes | gzip bytes |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
         for n in names:
-            b, p50 = built[n], stats[n]["latency_p50_ms"]
-            sizes = size.measure(b.runtime.artifacts, b.runtime.constants())
-            ratios = " | ".join("{:.2f}x [{:.2f}, {:.2f}]".format(*benchmark.interval(round_p50[base] / round_p50[n]))
-                                for base in BASELINES)
-            guard = "-" if b.guard is None else f"{b.guard.row['method']}, float: {b.guard.row['keep_float']}" + ("" if b.guard.met else " (NOT met)")
-            print(f"| {n} | {size.macs(b.fp32_onnx) / 1e6:.1f} | {p50:.2f} | {stats[n]['latency_p90_ms']:.2f} | {ratios} | {accuracy[n]:.4f} "
-                  f"| {100 * (accuracy['ORT fp32'] - accuracy[n]):.2f} | {guard} | {sizes['size_file_bytes']} "
+            rt, onnx_path, guard = rows[n]
+            p50 = stats[n]["latency_p50_ms"]
+            sizes = size.measure(rt.artifacts, rt.constants())
+            ratios = " | ".join("{:.2f}x [{:.2f}, {:.2f}]".format(*benchmark.interval(round_p50[b] / round_p50[n])) for b in BASELINES)
+            verdict = "-" if guard is None else f"{guard.row['method']}, float: {guard.row['keep_float']}" + ("" if guard.met else " (NOT met)")
+            print(f"| {n} | {size.macs(onnx_path) / 1e6:.1f} | {p50:.2f} | {stats[n]['latency_p90_ms']:.2f} | {ratios} | {accuracy[n]:.4f} "
+                  f"| {100 * (accuracy['ORT fp32'] - accuracy[n]):.2f} | {verdict} | {sizes['size_file_bytes']} "
                   f"| {sizes['size_nonzero_bytes']} | {sizes['size_gzip_bytes']} |")
+        if args.profile:
+            for n, b in built.items():
+                ops = profile.take(confs[n].profile, confs[n].runtime, b.loaded, confs[n].hardware, x, Path(tmp) / "profile" / n)
+                print(f"\n## {n}\n")
+                print("\n".join(profile.table(ops, 5)) if ops else f"no profile: runtime {confs[n].runtime.name} gives none")
     return 0
 
 

@@ -3,12 +3,13 @@ import csv
 import io
 
 import mlflow
+import onnx
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from conftest import REPO, cli, compose_cfg, sweep_runs
-from lpr_sweep import config, data, pipeline, report
+from lpr_sweep import config, data, pipeline, profile, report
 from lpr_sweep.model_file import ModelFile
 
 pytestmark = pytest.mark.slow
@@ -76,7 +77,12 @@ def test_three_trial_sweep_lands_in_mlflow(tmp_path, store, real_root):
         assert p["prune.scope"] == "global" and p["model.norm"] == "sample" and p["protocol.latency_batch"] == "1" and p["benchmark.warmup"] == "20"
         assert run.data.tags["git_commit"] and run.data.tags["hw.cpu"]
         names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
-        assert {"model.onnx", "config.yaml", "predictions.csv", "scored_files.txt", "val_files.txt", "calib_files.txt"} <= names
+        assert {"model.onnx", "config.yaml", "predictions.csv", "scored_files.txt", "val_files.txt", "calib_files.txt", "profile.csv",
+                "profile.png"} <= names
+        ops = profile.from_csv(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/profile.csv"))
+        graph = onnx.load(mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/model.onnx")).graph
+        assert sum(r["op_type"] == "Conv" for r in ops) == sum(n.op_type == "Conv" for n in graph.node) and m["profile_ops"] == len(ops)
+        assert not {"Slice", "Split", "Gather"} & {n.op_type for n in graph.node}  # prune.split_producers
         listed = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/scored_files.txt").split()
         assert listed == scored.files and not set(listed) & (set(calib.files) | set(val.files))
         assert mlflow.artifacts.load_text(f"{run.info.artifact_uri}/val_files.txt").split() == val.files
@@ -97,6 +103,7 @@ def test_three_trial_sweep_lands_in_mlflow(tmp_path, store, real_root):
     assert report.main(["--tracking-uri", cfg.uri, "--out", str(tmp_path / "report"), "--no-register"]) == 0
     text = (tmp_path / "report" / "report.md").read_text()
     champion = next(line for line in text.splitlines() if line.startswith("- Champion: "))
+    assert "## Where the champion's time goes" in text and "| node | op type | kernel | precision |" in text
     assert text.count("| FINISHED |") == 3 and champion.startswith(("- Champion: 0.1 (run", "- Champion: 0.5 (run", "- Champion: 0.9 (run"))
 
 
@@ -139,7 +146,13 @@ def test_quant_presets_meet_their_accuracy_targets(tmp_path, store):
         assert run.data.tags["quant_guard"] == "met"
         assert run.data.params["quant.n_calib_used"] == "100" and run.data.params["quant.backend"] == "nncf"
         names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
-        assert {"quant_candidates.csv", "model_int8.xml", "model_int8.bin", "model.onnx"} <= names
+        assert {"quant_candidates.csv", "model_int8.xml", "model_int8.bin", "model.onnx", "profile.csv", "profile.png"} <= names
+        rows = profile.from_csv(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/profile.csv"))
+        # int8 from end to end: no quantize islands, no layout conversions beyond the input's, no reference kernel but the
+        # small context Concats
+        assert {r["op_type"] for r in rows if profile.is_ref(r)} <= {"Concat"} and not any(r["op_type"] == "FakeQuantize" for r in rows)
+        assert {r["precision"] for r in rows if r["op_type"] == "Convolution"} == {"i8"}
+        assert run.data.metrics["profile_ops"] == len(rows) and "profile_ref_kernel_us" in run.data.metrics
 
 
 def test_structured_presets_shrink_the_model_and_keep_accuracy(tmp_path, store):

@@ -1,0 +1,81 @@
+"""Per-op profiles (lpr_sweep.profile): each runtime's counters name the graph's ops; the report shows the costliest."""
+import collections
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from lpr_sweep import ConfigError, config, export, profile, report, runtime
+from lpr_sweep.hardware import HardwareConfig
+from lpr_sweep.model import LPRNet
+from lpr_sweep.model_file import ModelFile
+from lpr_sweep.prune import PruneConfig, channels
+from lpr_sweep.selection import Trial
+from lpr_sweep.runtime import RuntimeConfig
+
+CFG = profile.ProfileConfig(warmup=2, calls=100)
+
+
+@pytest.fixture(scope="module")
+def split_onnx(tmp_path_factory):
+    """A random LPRNet as every non-TVM preset exports it (producers split), and its graph's op counts."""
+    torch.manual_seed(0)
+    net = LPRNet().eval()
+    channels.reshape(net, PruneConfig())
+    path = export.to_onnx(net, tmp_path_factory.mktemp("p") / "m.onnx")
+    return path, onnx.load(str(path)).graph
+
+
+@pytest.mark.parametrize("name, conv", [("onnxruntime", "Conv"), ("openvino", "Convolution")])
+def test_a_profile_names_every_conv_of_the_graph_once(split_onnx, tmp_path, name, conv):
+    path, graph = split_onnx
+    rows = profile.take(CFG, RuntimeConfig(name), ModelFile(None, path), HardwareConfig(threads=1), np.zeros((1, 3, 24, 94), np.float32),
+                        tmp_path)
+    kinds = collections.Counter(r["op_type"] for r in rows)
+    assert kinds[conv] == sum(n.op_type == "Conv" for n in graph.node)
+    assert kinds["MaxPool"] == 3 and all(r["us_per_call"] >= 0 for r in rows)
+    assert [r["us_per_call"] for r in rows] == sorted((r["us_per_call"] for r in rows), reverse=True)
+    if name == "openvino":  # it names nodes after the ONNX graph's, and each kernel
+        assert {r["node"].split("/")[0] for r in rows if r["op_type"] == conv} == {n.name for n in graph.node if n.op_type == "Conv"}
+        assert {r["op_type"] for r in rows if profile.is_ref(r)} <= {"Concat"}  # no strided Slice, Split or Gather left
+    m = profile.metrics(rows, getattr(runtime.get(name), "kernel_names", False))
+    assert m["profile_ops"] == len(rows) and m["profile_total_us"] == pytest.approx(sum(r["us_per_call"] for r in rows))
+    assert ("profile_ref_kernel_us" in m) == (name == "openvino")  # ONNX Runtime does not say which kernels are reference ones
+    assert profile.from_csv(profile.to_csv(rows))[0]["node"] == rows[0]["node"]
+    png = profile.plot(rows, "t", tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runtimes_without_counters_give_no_profile_and_bad_settings_fail_in_one_line(split_onnx, tmp_path):
+    path, _ = split_onnx
+    assert profile.take(CFG, RuntimeConfig("torch"), ModelFile(None, path), HardwareConfig(), np.zeros((1, 3, 24, 94), np.float32), tmp_path) == []
+    assert profile.take(profile.ProfileConfig(enabled=False), RuntimeConfig("openvino"), ModelFile(None, path), HardwareConfig(),
+                        np.zeros((1, 3, 24, 94), np.float32), tmp_path) == []
+    with pytest.raises(ConfigError, match="profile.calls=10 must be >= 100"):
+        profile.ProfileConfig(calls=10)
+
+
+def test_the_report_shows_the_champions_costliest_ops():
+    rows = [{"node": f"n{i}", "op_type": "Convolution", "kernel": "ref_f32" if i == 0 else "jit_avx512_f32", "precision": "f32",
+             "us_per_call": 100.0 - i} for i in range(8)]
+    champion = Trial("r", "quant", "FINISHED", {"profile_ref_kernel_us": 100.0}, {"runtime.name": "openvino", "profile.calls": "200"})
+    lines = report.costliest(champion, rows)
+    assert "## Where the champion's time goes (quant)" in lines and sum(line.startswith(("| n0", "| n1", "| n2", "| n3", "| n4", "| n5", "| n6", "| n7")) for line in lines) == 5
+    assert "| n0 | Convolution | ref_f32 | f32 | 100.0 | 13 % |" in lines and "100 µs in reference kernels" in "\n".join(lines)
+    assert "No per-op profile: runtime tvm" in report.costliest(Trial("r", "mlc", "FINISHED", {}, {"runtime.name": "tvm"}), [])[-1]
+
+
+def test_precision_is_a_knob_openvino_takes_and_others_refuse():
+    with pytest.raises(ConfigError, match=r"runtime=onnxruntime runs fp32 only, not runtime.precision=bf16"):
+        config.validate(_compose(["runtime.precision=bf16"]))
+    with pytest.raises(ConfigError, match=r"runtime.precision='fp16' is not one of"):
+        config.validate(_compose(["runtime=openvino", "runtime.precision=fp16"]))
+    assert runtime.options(RuntimeConfig("openvino", precision="bf16")) == {"precision": "bf16"} and runtime.options("openvino") == {}
+
+
+def _compose(overrides):
+    from conftest import compose_cfg
+
+    return compose_cfg(overrides)
