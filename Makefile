@@ -9,6 +9,7 @@ export LPR_DATA_ROOT := $(abspath $(DATA_ROOT))
 # distillation runs once; kd and kd_quant share it through the stage cache).
 SWEEP ?= optimization=baseline,prune_structured,prune_structured_quant,prune_structured_kd,prune_structured_kd_quant
 REPORT ?=
+BENCH ?=
 
 .PHONY: help setup data browser sweep results test test-fast bench bench-sweep records ui clean
 
@@ -48,8 +49,8 @@ test-fast: data ## the inner loop: every test not marked slow (about 3 minutes o
 results: setup ## write the latest reported sweep to docs/results/<experiment>-<cpu>.md and README's results table (after make sweep)
 	$(PY) -m lpr_sweep.results
 
-bench: data ## every runtime and optimization side by side in one process (ratios, MACs, accuracy)
-	$(PY) -m lpr_sweep.bench
+bench: data ## every runtime, optimization and hand-built peer side by side in one process (BENCH="--profile --rows ...")
+	$(PY) -m lpr_sweep.bench $(BENCH)
 
 bench-sweep: data ## wall time of a 6-trial sweep: serial vs 2-way parallel, cold vs warm stage cache
 	$(PY) -m lpr_sweep.bench_sweep

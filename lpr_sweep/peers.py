@@ -73,7 +73,7 @@ def build(weights: Path, calib: np.ndarray, threads: int, workdir: Path) -> dict
     peers = {PLAIN_ORT: Peer(PLAIN_ORT, lambda x: session.run(None, {"input": x})[0], onnx_path, "fp32")}
 
     core = ov.Core()
-    logging.getLogger("nncf").setLevel(logging.WARNING)
+    logging.getLogger("nncf").setLevel(logging.ERROR)  # "only 100 samples, fewer than the subset size 300": it uses them all
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
         int8 = nncf.quantize(core.read_model(onnx_path), nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]))
     int8_path = workdir / "plain_int8.xml"

@@ -60,3 +60,19 @@ def test_padding_needs_a_structured_config():
     with pytest.raises(ConfigError, match=r"prune.pool_round_to=-1 must be >= 0"):
         PruneConfig(ratio=0.5, structured=True, pool_round_to=-1)
     assert PruneConfig(structured=True, round_to=8).pools_to == 8 and PruneConfig(structured=True, round_to=8, pool_round_to=32).pools_to == 32
+
+
+def test_a_stage_ratio_prunes_that_stage_alone_and_leaves_the_rest_as_the_global_ranking_did():
+    plain = prune.run(_net(), PruneConfig(ratio=0.9))
+    staged = prune.run(_net(), PruneConfig(ratio=0.9, stages=prune.StageRatios(block3=0.5, head=0.97)))
+    for (name, a), (_, b) in zip(prune.conv_layers(plain), prune.conv_layers(staged)):
+        if prune.stage_of(name) not in ("block3", "head"):
+            assert torch.equal(a.weight, b.weight), name
+    zeros = {s: [float((c.weight == 0).float().mean()) for n, c in prune.conv_layers(staged) if prune.stage_of(n) == s]
+             for s in ("block3", "head")}
+    assert zeros["head"] == [pytest.approx(0.97, abs=1e-3)]  # one conv: exactly its ratio
+    block3 = [c.weight for n, c in prune.conv_layers(staged) if prune.stage_of(n) == "block3"]
+    assert sum(int((w == 0).sum()) for w in block3) / sum(w.numel() for w in block3) == pytest.approx(0.5, abs=1e-3)
+    assert {prune.stage_of(n) for n, _ in prune.conv_layers(plain)} == set(prune.STAGES)  # every conv has a stage
+    with pytest.raises(ConfigError, match=r"prune.stages.block1=1.2 is outside \[0, 1\)"):
+        prune.StageRatios(block1=1.2)

@@ -51,6 +51,16 @@ def test_published_table_is_the_six_rows_plus_the_pruning_sweep_and_every_job_va
     assert published == set(report.PUBLISHED)  # every published row has a counterpart
 
 
+def test_stage_search_searches_the_stage_ratios_only_and_every_sample_validates():
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=stage_search"], return_hydra_config=True)
+        sweep = sweeper.OptunaSweeper(cfg.hydra.sweeper.params, ["val_accuracy", "speedup"], ["maximize", "maximize"], 1)
+        assert set(sweep.params) == {f"prune.stages.{s}" for s in ("block1", "block2", "block3", "head", "classifier")}
+        c = config.validate(compose("config", overrides=["+experiment=stage_search", "prune.stages.block3=0.95", "prune.stages.head=0.7"]))
+    assert c.optimization.name == "prune_structured_kd_quant" and c.finetune.enabled and c.prune.ratio == 0.9
+    assert c.prune.stages.set() == {"block3": 0.95, "head": 0.7}
+
+
 @pytest.mark.parametrize("text, kind", [
     ("x=choice(a,b)", optuna.distributions.CategoricalDistribution),
     ("x=range(1,4)", optuna.distributions.CategoricalDistribution),

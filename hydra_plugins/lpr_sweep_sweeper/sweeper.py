@@ -68,7 +68,7 @@ class OptunaSweeper(Sweeper):
             raise ValueError(f"{len(objectives)} objectives but {len(directions)} directions; give one direction each")
         if n_trials < 1 or n_jobs < 1:
             raise ValueError("hydra.sweeper.n_trials and n_jobs must be >= 1")
-        self.params = dict(params or {})
+        self.params = {k: v for k, v in (params or {}).items() if v is not None}  # null takes a key out of the space
         self.objectives, self.directions = list(objectives), list(directions)
         self.n_trials, self.n_jobs, self.max_invalid = n_trials, n_jobs, max_invalid
         self.sampler, self.seed, self.storage, self.study_name = sampler, seed, storage, study_name
