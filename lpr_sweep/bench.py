@@ -18,18 +18,23 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from hydra import compose, initialize
 
-from lpr_sweep import ConfigError, benchmark, config, data, evaluate, hardware, peers, pipeline, profile, size
+from lpr_sweep import ConfigError, benchmark, config, data, evaluate, hardware, peers, pipeline, profile, size, tracking
 
 ROWS = {  # row name -> overrides on the default config
     "torch eager fp32": ["runtime=torch"],
     "ORT fp32": [],
     "OpenVINO fp32": ["runtime=openvino"],
     "OpenVINO bf16": ["runtime=openvino", "runtime.precision=bf16"],
+    "OpenVINO fp32, channels strided (split_producers=false)": ["runtime=openvino", "prune.split_producers=false"],
+    "OpenVINO bf16, channels strided (split_producers=false)": ["runtime=openvino", "runtime.precision=bf16", "prune.split_producers=false"],
+    "ORT fp32, channels strided (split_producers=false)": ["prune.split_producers=false"],
+    "OpenVINO int8 (nncf), channels strided (split_producers=false)": ["optimization=quant", "prune.split_producers=false"],
     "ORT int8 (ort_static)": ["quant=ort_static"],
     "OpenVINO int8 (nncf)": ["quant=nncf", "runtime=openvino"],
     "OpenVINO int8 (ort_static QDQ)": ["quant=ort_static", "runtime=openvino"],
@@ -122,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         round_p50 = {n: np.array([np.median(t) for t in times[n]]) for n in names}
         accuracy = {n: evaluate.run(rows[n][0], scored, base.evaluate).accuracy for n in names}
 
-        print(f"# make bench: {hardware.fingerprint()['hw.cpu']} ({hardware.fingerprint()['hw.isa']}), "
+        hw, commit = hardware.fingerprint(), tracking.git_commit()
+        print(f"# make bench: `python -m lpr_sweep.bench {' '.join(argv if argv is not None else sys.argv[1:])}` at commit "
+              f"{commit[:12] + ('-dirty' if commit.endswith('-dirty') else '')}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {hw['hw.cpu']} ({hw['hw.isa']}), "
               f"{args.threads} threads, batch 1, {args.warmup} warm-up + {args.rounds}x{args.calls} interleaved "
               f"timed calls per row; speed-ups: median of per-round ratios [95 % bootstrap over rounds]; "
               f"accuracy on {len(scored)} scored plates, drop in points against ORT fp32; "

@@ -53,7 +53,11 @@ def test_published_table_is_the_six_rows_plus_the_pruning_sweep_and_every_job_va
 
 def test_stage_search_searches_the_stage_ratios_only_and_every_sample_validates():
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["+experiment=stage_search"], return_hydra_config=True)
+        cfg = compose("config", overrides=["+experiment=stage_search", "hydra/sweeper=search"], return_hydra_config=True)
+        assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+        alone = compose("config", overrides=["+experiment=stage_search"], return_hydra_config=True)
+        with pytest.raises(ValueError, match=r"hydra.sweeper.n_trials, params belong to the search sweeper; add hydra/sweeper=search"):
+            sweeper.ListSweeper(**{k: v for k, v in alone.hydra.sweeper.items() if k != "_target_"})
         sweep = sweeper.OptunaSweeper(cfg.hydra.sweeper.params, ["val_accuracy", "speedup"], ["maximize", "maximize"], 1)
         assert set(sweep.params) == {f"prune.stages.{s}" for s in ("block1", "block2", "block3", "head", "classifier")}
         c = config.validate(compose("config", overrides=["+experiment=stage_search", "prune.stages.block3=0.95", "prune.stages.head=0.7"]))

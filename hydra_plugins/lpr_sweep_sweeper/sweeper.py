@@ -27,7 +27,10 @@ SAMPLERS = {"nsga2": "NSGAIISampler", "tpe": "TPESampler", "random": "RandomSamp
 
 
 class ListSweeper(BasicSweeper):
-    def __init__(self, jobs: Sequence[Sequence[str]], max_batch_size: int | None = None):
+    def __init__(self, jobs: Sequence[Sequence[str]], max_batch_size: int | None = None, **search: Any):
+        if search:  # an experiment that sets the search's keys cannot also pick the sweeper: the primary config's choice wins
+            raise ValueError(f"hydra.sweeper.{', '.join(sorted(search))} belong to the search sweeper; add hydra/sweeper=search "
+                             "to the command line (e.g. python -m lpr_sweep +experiment=stage_search hydra/sweeper=search)")
         super().__init__(max_batch_size=max_batch_size, params=None)
         self.jobs = [list(job) for job in jobs]
 
