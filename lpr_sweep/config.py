@@ -145,7 +145,7 @@ def check_search(config: DictConfig) -> None:
     parser = OverridesParser.create()
     task = [o for o in parser.parse_overrides(list(config.hydra.overrides.task))]
     fixed = [o.input_line for o in task if not o.is_sweep_override()]
-    lines = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + [o.input_line for o in task if o.is_sweep_override()]
+    lines = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items() if v is not None] + [o.input_line for o in task if o.is_sweep_override()]
     for override in parser.parse_overrides(lines):
         key = override.get_key_element()
         if key in {o.get_key_element() for o in task if not o.is_sweep_override()}:
