@@ -58,6 +58,10 @@ ROWS = {  # row name -> overrides on the default config
     "ORT fp32, structured global 0.9 + kd, channels not padded, pools gather": [
         "optimization=prune_structured_kd", "prune.round_to=1", "prune.slice_pools=false"],
     "OpenVINO int8 (nncf), structured global 0.9 + kd (prune_structured_kd_quant)": ["optimization=prune_structured_kd_quant"],
+    # the stage_search sweep's champion on the AMD EPYC (docs/results/stage_search-amd-epyc-avx512.md)
+    "OpenVINO int8 (nncf), structured per-stage + kd (stage_search's pick)": [
+        "optimization=prune_structured_kd_quant", "prune.stages.block1=0.3587333672627762", "prune.stages.block2=0.9203314116755277",
+        "prune.stages.block3=0.9138610465103167", "prune.stages.head=0.9295807528416108", "prune.stages.classifier=0.8524426740567261"],
     "OpenVINO int8 (nncf), structured global 0.9 + kd, pools gather": [  # the preset slices them
         "optimization=prune_structured_kd_quant", "prune.slice_pools=false"],
     "OpenVINO int8 (nncf), structured global 0.9 + kd, channels and pools padded to 8, pools gather": [
@@ -96,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
                         help="a subset of rows (the baselines and the peers are always measured)")
     parser.add_argument("--profile", action="store_true", help="print each row's five costliest ops (OpenVINO and ONNX Runtime rows)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table to this file (e.g. docs/results/bench-<cpu>.md)")
     args = parser.parse_args(argv)
     names = [n for n in (*BASELINES, *args.rows) if n in ROWS]
     names = list(dict.fromkeys(names))
@@ -127,32 +132,38 @@ def main(argv: list[str] | None = None) -> int:
         round_p50 = {n: np.array([np.median(t) for t in times[n]]) for n in names}
         accuracy = {n: evaluate.run(rows[n][0], scored, base.evaluate).accuracy for n in names}
 
+        out: list[str] = []
         hw, commit = hardware.fingerprint(), tracking.git_commit()
-        print(f"# make bench: `python -m lpr_sweep.bench {' '.join(argv if argv is not None else sys.argv[1:])}` at commit "
-              f"{commit[:12] + ('-dirty' if commit.endswith('-dirty') else '')}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {hw['hw.cpu']} ({hw['hw.isa']}), "
-              f"{args.threads} threads, batch 1, {args.warmup} warm-up + {args.rounds}x{args.calls} interleaved "
-              f"timed calls per row; speed-ups: median of per-round ratios [95 % bootstrap over rounds]; "
-              f"accuracy on {len(scored)} scored plates, drop in points against ORT fp32; "
-              f"int8 calibrated on {len(calib)} and guarded on {len(val)} other plates, none of them scored; "
-              f"peers built by hand as lpr_sweep/peers.py says (OpenVINO's own precision: "
-              f"{'; '.join(n.split(', ', 1)[1] + ': ' + by_hand[n].precision for n in peers.NAMES[1:])})")
-        print("| row | MACs M | p50 ms | p90 ms | vs ORT fp32 | vs OpenVINO fp32 | vs torch eager | vs peer OpenVINO + NNCF | accuracy "
-              "| drop pts | int8 guard | file bytes | nonzero bytes | gzip bytes |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+        out.append(f"# make bench: `python -m lpr_sweep.bench {' '.join(argv if argv is not None else sys.argv[1:])}` at commit "
+                   f"{commit[:12] + ('-dirty' if commit.endswith('-dirty') else '')}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {hw['hw.cpu']} ({hw['hw.isa']}), "
+                   f"{args.threads} threads, batch 1, {args.warmup} warm-up + {args.rounds}x{args.calls} interleaved "
+                   f"timed calls per row; speed-ups: median of per-round ratios [95 % bootstrap over rounds]; "
+                   f"accuracy on {len(scored)} scored plates, drop in points against ORT fp32; "
+                   f"int8 calibrated on {len(calib)} and guarded on {len(val)} other plates, none of them scored; "
+                   f"peers built by hand as lpr_sweep/peers.py says (OpenVINO's own precision: "
+                   f"{'; '.join(n.split(', ', 1)[1] + ': ' + by_hand[n].precision for n in peers.NAMES[1:])})")
+        out.append("| row | MACs M | p50 ms | p90 ms | vs ORT fp32 | vs OpenVINO fp32 | vs torch eager | vs peer OpenVINO + NNCF | accuracy "
+                   "| drop pts | int8 guard | file bytes | nonzero bytes | gzip bytes |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
         for n in names:
             rt, onnx_path, guard = rows[n]
             p50 = stats[n]["latency_p50_ms"]
             sizes = size.measure(rt.artifacts, rt.constants())
             ratios = " | ".join("{:.2f}x [{:.2f}, {:.2f}]".format(*benchmark.interval(round_p50[b] / round_p50[n])) for b in BASELINES)
             verdict = "-" if guard is None else f"{guard.row['method']}, float: {guard.row['keep_float']}" + ("" if guard.met else " (NOT met)")
-            print(f"| {n} | {size.macs(onnx_path) / 1e6:.1f} | {p50:.2f} | {stats[n]['latency_p90_ms']:.2f} | {ratios} | {accuracy[n]:.4f} "
-                  f"| {100 * (accuracy['ORT fp32'] - accuracy[n]):.2f} | {verdict} | {sizes['size_file_bytes']} "
-                  f"| {sizes['size_nonzero_bytes']} | {sizes['size_gzip_bytes']} |")
+            out.append(f"| {n} | {size.macs(onnx_path) / 1e6:.1f} | {p50:.2f} | {stats[n]['latency_p90_ms']:.2f} | {ratios} | {accuracy[n]:.4f} "
+                       f"| {100 * (accuracy['ORT fp32'] - accuracy[n]):.2f} | {verdict} | {sizes['size_file_bytes']} "
+                       f"| {sizes['size_nonzero_bytes']} | {sizes['size_gzip_bytes']} |")
         if args.profile:
             for n, b in built.items():
                 ops = profile.take(confs[n].profile, confs[n].runtime, b.loaded, confs[n].hardware, x, Path(tmp) / "profile" / n)
-                print(f"\n## {n}\n")
-                print("\n".join(profile.table(ops, 5)) if ops else f"no profile: runtime {confs[n].runtime.name} gives none")
+                out.append(f"\n## {n}\n")
+                out.append("\n".join(profile.table(ops, 5)) if ops else f"no profile: runtime {confs[n].runtime.name} gives none")
+    text = "\n".join(out) + "\n"
+    print(text, end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
     return 0
 
 

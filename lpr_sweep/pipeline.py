@@ -332,7 +332,8 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
             metrics.update(size.measure(rt.artifacts, rt.constants()))
         with stages("deploy"):
             record.log_model(rt, conf.runtime.name, hardware.threads(conf.hardware), packages,
-                               data.read_bgr(root / (calib.files or val.files or scored.files)[0])[np.newaxis], workdir)
+                               data.read_bgr(root / (calib.files or val.files or scored.files)[0])[np.newaxis], workdir,
+                               conf.runtime.precision)
         metrics.update(stages.seconds)
         record.log_table([{"file": f, "label": t, "prediction": p, "correct": int(c)}
                             for f, t, p, c in zip(scored.files, scored.labels, result.predictions, result.correct)],

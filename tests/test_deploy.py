@@ -73,7 +73,9 @@ def _trial(tmp_path, store, *overrides):
     pytest.param(["quant=nncf", "runtime=openvino"], marks=pytest.mark.slow),
     pytest.param(["optimization=prune_structured", "prune.ratio=0.5"], marks=pytest.mark.slow),
     pytest.param(["runtime=tvm", "compile=untuned"], marks=pytest.mark.slow),
-], ids=["onnxruntime", "openvino", "torch", "int8-nncf", "structured", "tvm"])
+    pytest.param(["runtime=openvino", "runtime.precision=bf16"], marks=[pytest.mark.slow, pytest.mark.skipif(
+        "BF16" not in __import__("openvino").Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"), reason="no bf16 on this CPU")]),
+], ids=["onnxruntime", "openvino", "torch", "int8-nncf", "structured", "tvm", "openvino-bf16"])
 def test_the_logged_model_reproduces_its_trial_on_tiny_data(tmp_path, tiny_root, store, overrides):
     _, run, rows = _trial(tmp_path, store, f"data.root={tiny_root}", f"cache.dir={tmp_path}/cache", *TINY, *overrides)
     model = mlflow.pyfunc.load_model(run.data.tags[tracking.MODEL_TAG])
@@ -85,6 +87,8 @@ def test_the_logged_model_reproduces_its_trial_on_tiny_data(tmp_path, tiny_root,
     assert model.metadata.get_input_schema() is None and "uint8 (N, H, W, 3) BGR" in model.metadata.metadata["input"]
     with pytest.raises(mlflow.exceptions.MlflowException, match=r"expected uint8 pixel values 0-255"):
         model.predict(_images(tiny_root, [rows[0]["file"]]) / 255.0)
+    (spec,) = Path(mlflow.artifacts.download_artifacts(run.data.tags[tracking.MODEL_TAG], dst_path=str(tmp_path / "m"))).rglob(deploy.SPEC)
+    assert json.loads(spec.read_text())["precision"] == run.data.params["runtime.precision"]  # served as it was measured
 
 
 @pytest.mark.slow

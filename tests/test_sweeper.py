@@ -128,10 +128,12 @@ def test_search_sweep_runs_its_budget_of_valid_trials(tmp_path, tiny_root, store
     assert done.returncode == 0, done.stderr[-3000:]
     _, parent, children = _children(store)
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    command = parent.data.tags["mlflow.note.content"]  # the parent's description reproduces the sweep, search settings included
+    assert "hydra/sweeper=search hydra.sweeper.n_trials=4" in command and "hydra.mode" not in command
     for r in children:
         assert 0.0 <= float(r.data.params["prune.ratio"]) <= 0.9 and r.data.params["prune.scope"] == "layer"
         assert r.data.params["quant.backend"] == "none" or r.data.params["runtime.name"] == "openvino"
-        assert r.info.run_name.split()[0] == f"{float(r.data.params['prune.ratio']):.3g}"  # the sampled values, short
+        assert f"ratio={float(r.data.params['prune.ratio']):.3g}" in r.info.run_name.split()  # the sampled values, short
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert results["objectives"] == ["val_accuracy", "speedup"] and results["pareto_front"]
     assert all(len(t["values"]) == 2 for t in results["pareto_front"])

@@ -129,7 +129,8 @@ class OptunaSweeper(Sweeper):
             while len(batch) < min(self.n_jobs, self.n_trials - launched):
                 trial = study.ask(space)
                 overrides = fixed + [f"{k}={v}" for k, v in trial.params.items()]
-                name = " ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in trial.params.values())
+                # the sampled values with the last part of their key: block3=0.93, runtime=openvino
+                name = " ".join(f"{k.rsplit('.', 1)[-1]}=" + (f"{v:.3g}" if isinstance(v, float) else str(v)) for k, v in trial.params.items())
                 reason = self._valid(overrides)
                 if reason is None:
                     batch.append((trial, overrides + [f"tracking.run_name={quoted(name)}"]))

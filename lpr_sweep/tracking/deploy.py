@@ -105,7 +105,9 @@ class PlateReader(mlflow.pyfunc.PythonModel):
         spec = json.loads((folder / SPEC).read_text())
         path = folder / spec["file"]
         workdir = Path(tempfile.mkdtemp(prefix="lpr_sweep-serve-"))
-        self.runtime = runtime.build(spec["runtime"], ModelFile(None, path, artifact=path),
+        # a spec without precision predates runtime.precision: those models ran fp32
+        cfg = runtime.RuntimeConfig(spec["runtime"], precision=spec.get("precision", "fp32"))
+        self.runtime = runtime.build(cfg, ModelFile(None, path, artifact=path),
                                      HardwareConfig(threads=spec["threads"]), workdir)
 
     def predict(self, context, model_input, params=None):
@@ -121,12 +123,12 @@ class PlateReader(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"plate": plates, "confidence": conf.astype(np.float64), "blank": blank(images)})
 
 
-def files_folder(rt: Any, runtime_name: str, threads: int, out: Path) -> Path:
+def files_folder(rt: Any, runtime_name: str, threads: int, out: Path, precision: str = "fp32") -> Path:
     """The runtime's deployable files and the spec that loads them back, in one folder."""
     out.mkdir(parents=True, exist_ok=True)
     for path in rt.artifacts:
         shutil.copy(path, out / Path(path).name)
-    spec = {"runtime": runtime_name, "file": Path(rt.artifacts[0]).name, "threads": threads}
+    spec = {"runtime": runtime_name, "file": Path(rt.artifacts[0]).name, "threads": threads, "precision": precision}
     (out / SPEC).write_text(json.dumps(spec, indent=2) + "\n")
     return out
 

@@ -176,13 +176,14 @@ def model_name(run_name: str) -> str:
     return "lprnet " + "".join("_" if c in '/:.%"\'' else c for c in run_name)[:200]
 
 
-def log_model(rt: Any, runtime_name: str, threads: int, packages: tuple[str, ...], example: np.ndarray, workdir: Path) -> str:
+def log_model(rt: Any, runtime_name: str, threads: int, packages: tuple[str, ...], example: np.ndarray, workdir: Path,
+              precision: str = "fp32") -> str:
     """The trial's deployable as an MLflow Model (``tracking.deploy``); its URI is also the run's tag."""
     import mlflow
 
     from lpr_sweep.tracking import deploy
 
-    folder = deploy.files_folder(rt, runtime_name, threads, workdir / "deploy")
+    folder = deploy.files_folder(rt, runtime_name, threads, workdir / "deploy", precision)
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
     level = pyfunc_log.level
     pyfunc_log.setLevel(logging.ERROR)  # it suggests models-from-code; the pickled class imports lpr_sweep either way

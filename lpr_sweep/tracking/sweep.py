@@ -154,6 +154,13 @@ def close_interrupted(tracking: DictConfig) -> None:
         _close_interrupted(TrackingConfig(**OmegaConf.to_container(tracking, resolve=True)), parent)
 
 
+def _command(config: Any) -> list[str]:
+    """The sweep's command line: the task's overrides, then the user's Hydra ones (hydra/sweeper=search,
+    hydra.sweeper.n_trials=...), without the mode Hydra sets for -m itself."""
+    extra = [o for o in config.hydra.overrides.get("hydra", []) if not o.startswith("hydra.mode=")]
+    return [*config.hydra.overrides.task, *extra]
+
+
 def _resumable_parent(client: Any, exp: str, overrides: str) -> Any | None:
     runs = client.search_runs(
         [exp], f"tags.`{ROLE_TAG}` = 'sweep' and attributes.status != 'FINISHED'", order_by=["start_time DESC"], max_results=50
@@ -227,7 +234,7 @@ class SweepCallback(Callback):
             log.info("resuming sweep parent run %s", run_id)
         else:
             tags = {**run_tags(), ROLE_TAG: "sweep", "sweep_dir": str(sweep_dir.resolve()), "sweep_overrides": overrides,
-                    "mlflow.note.content": f"`python -m lpr_sweep -m {' '.join(config.hydra.overrides.task)}`"}
+                    "mlflow.note.content": f"`python -m lpr_sweep -m {' '.join(_command(config))}`"}
             run_id = client.create_run(exp, run_name=f"sweep {sweep_dir.name}", tags=tags).info.run_id
             client.set_tag(run_id, OWNER_TAG, claim(run_id))
             # The sweep's own settings as the parent's params; a key given twice keeps its last value, as Hydra does.
