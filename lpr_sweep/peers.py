@@ -81,6 +81,6 @@ def build(weights: Path, calib: np.ndarray, threads: int, workdir: Path) -> dict
     for name, path in ((PLAIN_OV, onnx_path), (PLAIN_NNCF, int8_path)):
         compiled = core.compile_model(core.read_model(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
         request = compiled.create_infer_request()
-        precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         peers[name] = Peer(name, lambda x, r=request: r.infer({0: x})[0], path, precision)
     return peers
