@@ -58,6 +58,9 @@ ROWS = {  # row name -> overrides on the default config
     "ORT fp32, structured global 0.9 + kd, channels not padded, pools gather": [
         "optimization=prune_structured_kd", "prune.round_to=1", "prune.slice_pools=false"],
     "OpenVINO int8 (nncf), structured global 0.9 + kd (prune_structured_kd_quant)": ["optimization=prune_structured_kd_quant"],
+    # the kd_variants sweep's champion on the AMD EPYC (docs/results/kd_variants-amd-epyc-avx512.md)
+    "OpenVINO int8 (nncf), structured global 0.9 + kd on decoded strings (kd_variants' pick)": [
+        "optimization=prune_structured_kd_quant", "finetune.loss=ctc"],
     # the stage_search sweep's champion on the AMD EPYC (docs/results/stage_search-amd-epyc-avx512.md)
     "OpenVINO int8 (nncf), structured per-stage + kd (stage_search's pick)": [
         "optimization=prune_structured_kd_quant", "prune.stages.block1=0.3587333672627762", "prune.stages.block2=0.9203314116755277",
