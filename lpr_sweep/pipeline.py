@@ -241,9 +241,9 @@ def _accuracy(result: evaluate.Result, ref: evaluate.Result, n: int) -> dict[str
 
 def _description(conf: config.Config, name: str) -> str:
     """The run's description in the MLflow UI: what varies, and what it is."""
-    stages = conf.prune.stages.set()
-    parts = [f"runtime {conf.runtime.name}", f"prune {conf.prune.scope.value} {conf.prune.ratio}"
-             + "".join(f", {k} {v:.3g}" for k, v in stages.items()) + (" structured" if conf.prune.structured else ""), f"finetune {conf.finetune.method}", f"quant {conf.quant.backend}"]
+    per_stage = "".join(f", {k} {v:.3g}" for k, v in conf.prune.stages.set().items())
+    parts = [f"runtime {conf.runtime.name}", f"prune {conf.prune.scope.value} {conf.prune.ratio}{per_stage}"
+             + (" structured" if conf.prune.structured else ""), f"finetune {conf.finetune.method}", f"quant {conf.quant.backend}"]
     return f"Trial `{name}` (preset {conf.optimization.name}): " + ", ".join(parts) + "."
 
 

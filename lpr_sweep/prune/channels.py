@@ -31,7 +31,7 @@ from lpr_sweep.prune import PruneConfig
 
 def reshape(model: LPRNet, cfg: PruneConfig) -> dict[str, int]:
     """What the export sees, after the finetune: ``round_to`` / ``pool_round_to`` padding, then
-    ``slice_pools``, as ``cfg`` asks; return {conv: zero channels added}."""
+    ``slice_pools`` and ``split_producers``, as ``cfg`` asks; return {conv: zero channels added}."""
     padded = align_channels(model, cfg.round_to, cfg.pools_to) if cfg.round_to > 1 or cfg.pools_to > 1 else {}
     sliced = slice_pools(model, cfg.round_to) if cfg.slice_pools or cfg.split_producers else {}
     if cfg.split_producers:
