@@ -13,20 +13,29 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from lpr_sweep import selection, tracking
 from lpr_sweep.selection import Rule, Trial, closest, select
 from lpr_sweep.tracking import deploy, registry
-
-if TYPE_CHECKING:
-    from lpr_sweep.report import Sweep
 
 log = logging.getLogger(__name__)
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"  # the latest sweep's winner when it did not beat the champion
 REGISTRY_TAGS = ("accuracy", "val_accuracy", "drop_pts", "speedup", "speedup_ci_low", "speedup_ci_high",
                  "latency_p50_ms", "latency_ref_p50_ms", "size_file_bytes")
+
+
+@dataclass
+class Sweep:
+    """A sweep as read back from MLflow (``lpr_sweep.report.load``): what a decision is made on."""
+
+    parent_id: str
+    sweep_dir: Path | None
+    trials: list[Trial]
+    notes: list[str] = field(default_factory=list)  # trials of earlier sweeps it resumed from, left out
+    unfinished: str = ""  # why the sweep is not over (still running, or killed before its end); "" when it is
 
 
 @dataclass

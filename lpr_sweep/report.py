@@ -30,12 +30,11 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lpr_sweep import profile, selection, tracking
-from lpr_sweep.decision import CHAMPION_ALIAS, Decision, decide, register
+from lpr_sweep.decision import CHAMPION_ALIAS, Decision, Sweep, decide, register
 from lpr_sweep.tracking import registry
 from lpr_sweep.selection import OBJECTIVES, Rule, Trial, pareto
 
@@ -66,15 +65,6 @@ def published(t: Trial) -> tuple[float, float, float | None] | None:
     except ValueError:
         return None
     return PUBLISHED.get(key)
-
-
-@dataclass
-class Sweep:
-    parent_id: str
-    sweep_dir: Path | None
-    trials: list[Trial]
-    notes: list[str] = field(default_factory=list)  # trials of earlier sweeps it resumed from, left out
-    unfinished: str = ""  # why the sweep is not over (still running, or killed before its end); "" when it is
 
 
 def trial_of(run: Any) -> Trial:
