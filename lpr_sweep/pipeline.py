@@ -325,7 +325,11 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
                         metrics["speedup_ci_high"], metrics["bench_blocks"])
         with stages("profile"):  # after the timing, on a load of its own: the counters never slow what is timed
             threads = hardware.threads(conf.hardware)
-            rows = profile.take(conf.profile, conf.runtime, built.loaded, conf.hardware, benchmark.inputs(scored, 1), workdir / "profile")
+            try:
+                rows = profile.take(conf.profile, conf.runtime, built.loaded, conf.hardware, benchmark.inputs(scored, 1), workdir / "profile")
+            except Exception as e:  # a diagnostic: its failure must not cost the trial its measurements
+                log.warning("[%s] no per-op profile: %s: %s", name, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+                rows = []
             metrics.update(profile.log(rows, conf.runtime, f"{name}: µs per call by op type ({conf.runtime.name}, {threads} threads, "
                                        f"batch 1, mean of {conf.profile.calls} calls)", workdir / "profile"))
         with stages("size"):

@@ -2,7 +2,7 @@
 
 Taken after the paired timing, on a load of its own (counters on), so it never disturbs the
 timing that decides. Each runtime that can count says so with a ``profile(model_file, hardware,
-workdir, x, warmup, calls)`` classmethod returning one row per op and call (``Op``):
+workdir, x, warmup, calls)`` classmethod returning one dict per op (keys ``FIELDS``):
 - OpenVINO: ``PERF_COUNT`` counters (node, layer type, kernel implementation such as
   ``brgconv_avx512_I8`` or ``ref_f32``, its precision);
 - ONNX Runtime: its session profiler (node, op type, execution provider, input element type).

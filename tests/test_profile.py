@@ -79,3 +79,20 @@ def _compose(overrides):
     from conftest import compose_cfg
 
     return compose_cfg(overrides)
+
+
+def test_a_profile_that_fails_costs_the_trial_nothing(tmp_path, tiny_root, store, monkeypatch):
+    import mlflow
+
+    from conftest import TINY, compose_cfg
+    from lpr_sweep import pipeline
+
+    def broken(*args, **kwargs):
+        raise OSError("counters unavailable")
+
+    monkeypatch.setattr(profile, "take", broken)
+    metrics = pipeline.run(compose_cfg([f"data.root={tiny_root}", f"cache.dir={tmp_path}/cache", *TINY, *store]), workdir=tmp_path / "w")
+    assert "speedup" in metrics and "profile_ops" not in metrics
+    (run,) = mlflow.search_runs(experiment_names=["lpr_sweep"], output_format="list")
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert run.info.status == "FINISHED" and "predictions.csv" in names and "profile.csv" not in names
