@@ -183,6 +183,11 @@ class ValidateSweep(Callback):
         from hydra.errors import HydraException
 
         sweeper = config.hydra.sweeper
+        if sweeper._target_.endswith(".ListSweeper"):
+            from hydra_plugins.lpr_sweep_sweeper.sweeper import ListSweeper, search_keys_hint
+
+            if extra := [k for k in sweeper if k not in ListSweeper.KEYS]:
+                raise SystemExit(f"error: {search_keys_hint(extra)}")
         if "jobs" not in sweeper and not sweeper._target_.endswith(".BasicSweeper"):
             if sweeper._target_.endswith(".OptunaSweeper"):
                 try:

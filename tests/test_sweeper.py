@@ -51,6 +51,12 @@ def test_published_table_is_the_six_rows_plus_the_pruning_sweep_and_every_job_va
     assert published == set(report.PUBLISHED)  # every published row has a counterpart
 
 
+def test_stage_search_without_the_search_sweeper_fails_in_one_line_before_any_record(tmp_path, tiny_root, store):
+    done = _run(tmp_path, tiny_root, store, "+experiment=stage_search")
+    assert done.returncode != 0 and "add hydra/sweeper=search to the command line" in done.stderr.strip().splitlines()[-1]
+    assert not sweep_runs(store)[1]  # no parent run left behind
+
+
 def test_stage_search_searches_the_stage_ratios_only_and_every_sample_validates():
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=stage_search", "hydra/sweeper=search"], return_hydra_config=True)

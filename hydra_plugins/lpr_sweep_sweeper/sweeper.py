@@ -26,11 +26,19 @@ log = logging.getLogger(__name__)
 SAMPLERS = {"nsga2": "NSGAIISampler", "tpe": "TPESampler", "random": "RandomSampler"}  # optuna.samplers
 
 
+def search_keys_hint(keys: Sequence[str]) -> str:
+    """The line for search settings that reached the list sweeper: an experiment that sets them cannot
+    also pick the sweeper, since conf/config.yaml's choice of it wins."""
+    return (f"hydra.sweeper.{', '.join(sorted(keys))} belong to the search sweeper; add hydra/sweeper=search to the command "
+            "line (e.g. python -m lpr_sweep +experiment=stage_search hydra/sweeper=search)")
+
+
 class ListSweeper(BasicSweeper):
+    KEYS = ("_target_", "jobs", "max_batch_size")
+
     def __init__(self, jobs: Sequence[Sequence[str]], max_batch_size: int | None = None, **search: Any):
-        if search:  # an experiment that sets the search's keys cannot also pick the sweeper: the primary config's choice wins
-            raise ValueError(f"hydra.sweeper.{', '.join(sorted(search))} belong to the search sweeper; add hydra/sweeper=search "
-                             "to the command line (e.g. python -m lpr_sweep +experiment=stage_search hydra/sweeper=search)")
+        if search:
+            raise ValueError(search_keys_hint(list(search)))
         super().__init__(max_batch_size=max_batch_size, params=None)
         self.jobs = [list(job) for job in jobs]
 
