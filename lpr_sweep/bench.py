@@ -50,13 +50,15 @@ ROWS = {  # row name -> overrides on the default config
     "ORT fp32, structured global 0.8 (prune_structured)": ["optimization=prune_structured"],
     "OpenVINO int8 (nncf), structured global 0.8 (prune_structured_quant)": ["optimization=prune_structured_quant"],
     "OpenVINO int8 (nncf), structured global 0.8, pools gather, not padded": [  # the preset before slice_pools
-        "optimization=prune_structured_quant", "prune.pool_round_to=0", "prune.slice_pools=false"],
-    "OpenVINO int8 (nncf), pools sliced (quant + prune.slice_pools)": ["optimization=quant", "prune.slice_pools=true"],
+        "optimization=prune_structured_quant", "prune.pool_round_to=0", "prune.slice_pools=false", "prune.split_producers=false"],
+    "OpenVINO fp32, pools sliced (prune.slice_pools, split_producers=false)": [
+        "runtime=openvino", "prune.slice_pools=true", "prune.split_producers=false"],
+    "OpenVINO int8 (nncf), pools sliced (quant + prune.slice_pools)": ["optimization=quant", "prune.slice_pools=true", "prune.split_producers=false"],
     "TVM fp32, structured global 0.8 (prune_structured_mlc)": ["optimization=prune_structured_mlc"],
     "ORT fp32, structured global 0.9 + kd (prune_structured_kd)": ["optimization=prune_structured_kd"],
-    "ORT fp32, structured global 0.9 + kd, pools gather": ["optimization=prune_structured_kd", "prune.slice_pools=false"],
+    "ORT fp32, structured global 0.9 + kd, pools gather": ["optimization=prune_structured_kd", "prune.slice_pools=false", "prune.split_producers=false"],
     "ORT fp32, structured global 0.9 + kd, channels not padded, pools gather": [
-        "optimization=prune_structured_kd", "prune.round_to=1", "prune.slice_pools=false"],
+        "optimization=prune_structured_kd", "prune.round_to=1", "prune.slice_pools=false", "prune.split_producers=false"],
     "OpenVINO int8 (nncf), structured global 0.9 + kd (prune_structured_kd_quant)": ["optimization=prune_structured_kd_quant"],
     # the kd_variants sweep's champion on the AMD EPYC (docs/results/kd_variants-amd-epyc-avx512.md)
     "OpenVINO int8 (nncf), structured global 0.9 + kd on decoded strings (kd_variants' pick)": [
@@ -66,11 +68,11 @@ ROWS = {  # row name -> overrides on the default config
         "optimization=prune_structured_kd_quant", "prune.stages.block1=0.3587333672627762", "prune.stages.block2=0.9203314116755277",
         "prune.stages.block3=0.9138610465103167", "prune.stages.head=0.9295807528416108", "prune.stages.classifier=0.8524426740567261"],
     "OpenVINO int8 (nncf), structured global 0.9 + kd, pools gather": [  # the preset slices them
-        "optimization=prune_structured_kd_quant", "prune.slice_pools=false"],
+        "optimization=prune_structured_kd_quant", "prune.slice_pools=false", "prune.split_producers=false"],
     "OpenVINO int8 (nncf), structured global 0.9 + kd, channels and pools padded to 8, pools gather": [
-        "optimization=prune_structured_kd_quant", "prune.pool_round_to=0", "prune.slice_pools=false"],  # the preset pads its pools to 32
+        "optimization=prune_structured_kd_quant", "prune.pool_round_to=0", "prune.slice_pools=false", "prune.split_producers=false"],  # the preset pads its pools to 32
     "OpenVINO int8 (nncf), structured global 0.9 + kd, not padded, pools gather": [
-        "optimization=prune_structured_kd_quant", "prune.round_to=1", "prune.pool_round_to=0", "prune.slice_pools=false"],
+        "optimization=prune_structured_kd_quant", "prune.round_to=1", "prune.pool_round_to=0", "prune.slice_pools=false", "prune.split_producers=false"],
     **{
         f"{runtime} {precision}, structured global {ratio}": [
             "prune.structured=true", f"prune.ratio={ratio}", *overrides
@@ -105,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="print each row's five costliest ops (OpenVINO and ONNX Runtime rows)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this file (e.g. docs/results/bench-<cpu>.md)")
     args = parser.parse_args(argv)
-    names = [n for n in (*BASELINES, *args.rows) if n in ROWS]
-    names = list(dict.fromkeys(names))
+    names = list(dict.fromkeys(n for n in (*BASELINES, *args.rows) if n in ROWS))  # the peers are built apart
 
     with initialize(config_path="../conf", version_base="1.3"), tempfile.TemporaryDirectory() as tmp:
         confs = {}
@@ -161,7 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             for n, b in built.items():
                 ops = profile.take(confs[n].profile, confs[n].runtime, b.loaded, confs[n].hardware, x, Path(tmp) / "profile" / n)
                 out.append(f"\n## {n}\n")
-                out.append("\n".join(profile.table(ops, 5)) if ops else f"no profile: runtime {confs[n].runtime.name} gives none")
+                if not ops:
+                    out.append(f"no profile: runtime {confs[n].runtime.name} gives none")
+                    continue
+                m = profile.metrics(ops, True)
+                out.append(f"{m['profile_total_us']:.0f} µs per call in {len(ops)} ops; {m['profile_ref_kernel_us']:.0f} in kernels named ref_*; "
+                           f"{m['profile_reorder_us']:.0f} in Reorders\n")
+                out.append("\n".join(profile.table(ops, 5)))
     text = "\n".join(out) + "\n"
     print(text, end="")
     if args.out:

@@ -13,14 +13,14 @@ from lpr_sweep import decision, report, tracking
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lpr_sweep.best", description=__doc__.splitlines()[0])
-    report.add_rule_arguments(parser)
+    decision.add_rule_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        sweep = report.load(tracking.TrackingConfig(uri=args.tracking_uri, experiment=args.experiment), args.sweep)
+        sweep = decision.load(tracking.TrackingConfig(uri=args.tracking_uri, experiment=args.experiment), args.sweep)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    rule = report.rule_of(args)
+    rule = decision.rule_of(args)
     decided = decision.decide(sweep, rule)
     champion, note = decided.champion, decided.note
     print(report.markdown(sweep, rule, decided, report.pareto(sweep.trials, rule.min_gain)))

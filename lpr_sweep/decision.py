@@ -7,17 +7,23 @@
 4. The promotion gate: ``champion`` moves only when the winner beats the incumbent under the same
    rule; otherwise the winner becomes ``challenger``. A sweep registers one version at most.
 
-``lpr_sweep.report`` renders a decision; ``lpr_sweep.best`` prints one without recording it.
+``load`` reads a sweep back from MLflow and ``add_rule_arguments`` / ``rule_of`` turn command-line
+flags into a rule. ``lpr_sweep.report`` renders a decision; ``lpr_sweep.best`` prints one without
+recording it.
 """
 from __future__ import annotations
 
+import argparse
 import logging
+import math
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lpr_sweep import selection, tracking
-from lpr_sweep.selection import Rule, Trial, closest, select
+from lpr_sweep.selection import OBJECTIVES, Rule, Trial, closest, select
 from lpr_sweep.tracking import deploy, registry
 
 log = logging.getLogger(__name__)
@@ -29,13 +35,55 @@ REGISTRY_TAGS = ("accuracy", "val_accuracy", "drop_pts", "speedup", "speedup_ci_
 
 @dataclass
 class Sweep:
-    """A sweep as read back from MLflow (``lpr_sweep.report.load``): what a decision is made on."""
+    """A sweep as read back from MLflow (``load``): what a decision is made on."""
 
     parent_id: str
     sweep_dir: Path | None
     trials: list[Trial]
     notes: list[str] = field(default_factory=list)  # trials of earlier sweeps it resumed from, left out
     unfinished: str = ""  # why the sweep is not over (still running, or killed before its end); "" when it is
+
+
+def trial_of(run: Any) -> Trial:
+    return Trial(run.info.run_id, run.info.run_name, run.info.status, dict(run.data.metrics), dict(run.data.params),
+                 run.data.tags.get("error", ""), dict(run.data.tags))
+
+
+def load(cfg: tracking.TrackingConfig, sweep: str = "latest") -> Sweep:
+    """A sweep's trials from MLflow; ``sweep`` is a parent run id or ``latest``. LookupError if none."""
+    parent_id, sweep_dir, runs, skipped = registry.read_sweep(cfg, sweep)
+    if skipped:
+        print(f"note: skipped {len(skipped)} newer sweep(s) that hold no trial ({', '.join(skipped)}); reporting {parent_id}",
+              file=sys.stderr)
+    trials = [trial_of(r) for r in runs]
+    earlier = {t.tags.get("mlflow.parentRunId") for t in trials} - {parent_id, None}
+    notes, hashes = [], {t.tags.get(tracking.HASH_TAG) for t in trials}
+    for t in trials:
+        if t.tags.get("mlflow.parentRunId") != parent_id:
+            t.name += f" (reused from sweep {t.tags.get('mlflow.parentRunId', '?')[:8]})"
+    for other in sorted(earlier):  # what the earlier sweep ran that this one no longer asks for
+        left = [r.info.run_name for r in registry.read_sweep(cfg, other)[2] if r.data.tags.get(tracking.HASH_TAG) not in hashes]
+        if left:
+            notes.append(f"sweep {other} also ran {', '.join(left)}: not asked for by this sweep, so not part of its decision")
+    return Sweep(parent_id, Path(sweep_dir) if sweep_dir else None, trials, notes, unfinished(parent_id, trials))
+
+
+def unfinished(parent_id: str, trials: list[Trial]) -> str:
+    """Why a sweep's decision would be premature: its process still runs, or it died with trials
+    RUNNING (killed, never closed). "" when the sweep ended."""
+    from mlflow import MlflowClient
+
+    from lpr_sweep.tracking import sweep as sweep_lock
+
+    running = [t.name for t in trials if t.status == "RUNNING"]
+    status = MlflowClient().get_run(parent_id).info.status
+    if status != "RUNNING" and not running:
+        return ""
+    held = sweep_lock.owner(parent_id)
+    if held:
+        return f"sweep {parent_id} is still running ({held}); report it when it ends"
+    return (f"sweep {parent_id} stopped before its end (parent {status}, {len(running)} trial(s) left RUNNING: "
+            f"{', '.join(running[:5]) or 'none'}); finish it with the same command and resume=true, then report")
 
 
 @dataclass
@@ -187,3 +235,24 @@ def decide(sweep: Sweep, rule: Rule, incumbent: tuple[str, Trial | None] | None 
     else:
         decision.promote, decision.why = selection.promotes(decision.champion, decision.incumbent, rule)
     return decision
+
+
+def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sweep", default="latest", help="parent run id of the sweep (default: the latest)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="latency",
+                        help="latency: fastest by paired speed-up within the limits; accuracy: most accurate on validation plates")
+    parser.add_argument("--max-drop-pts", type=float, default=None,
+                        help="validation points allowed below the unpruned fp32 reference (default 1 for --objective latency)")
+    parser.add_argument("--min-speedup", type=float, default=0.0, help="paired speed-up at least this")
+    parser.add_argument("--max-latency-ms", type=float, default=math.inf, help="p50 at most this (drifts between trials)")
+    parser.add_argument("--max-size-bytes", type=float, default=math.inf)
+    parser.add_argument("--min-gain", type=float, default=selection.MIN_GAIN,
+                        help=f"faster needs a point speed-up more than 1 + this times the other's, beyond the intervals "
+                             f"(default {selection.MIN_GAIN:g}; docs/protocol.md)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", tracking.TrackingConfig.uri))
+    parser.add_argument("--experiment", default=tracking.TrackingConfig.experiment)
+
+
+def rule_of(args: argparse.Namespace) -> Rule:
+    drop = args.max_drop_pts if args.max_drop_pts is not None else (1.0 if args.objective == "latency" else math.inf)
+    return Rule(args.objective, drop, args.min_speedup, args.max_latency_ms, args.max_size_bytes, args.min_gain)

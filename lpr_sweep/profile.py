@@ -2,7 +2,7 @@
 
 Taken after the paired timing, on a load of its own (counters on), so it never disturbs the
 timing that decides. Each runtime that can count says so with a ``profile(model_file, hardware,
-workdir, x, warmup, calls)`` classmethod returning one dict per op (keys ``FIELDS``):
+workdir, x, warmup, calls)`` classmethod returning one dict per op (``node``, ``op_type``, ``kernel``, ``precision``, ``us_per_call``):
 - OpenVINO: ``PERF_COUNT`` counters (node, layer type, kernel implementation such as
   ``brgconv_avx512_I8`` or ``ref_f32``, its precision);
 - ONNX Runtime: its session profiler (node, op type, execution provider, input element type).
@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from lpr_sweep import ConfigError, runtime
-
-FIELDS = ("node", "op_type", "kernel", "precision", "us_per_call")
+from lpr_sweep.tracking import record
 
 
 @dataclass
@@ -78,14 +77,6 @@ def by_op_type(rows: list[dict]) -> list[tuple[str, float]]:
     return sorted(total.items(), key=lambda kv: -kv[1])
 
 
-def to_csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows({**r, "us_per_call": f"{r['us_per_call']:.2f}"} for r in rows)
-    return out.getvalue()
-
-
 def from_csv(text: str) -> list[dict]:
     return [{**r, "us_per_call": float(r["us_per_call"])} for r in csv.DictReader(io.StringIO(text))]
 
@@ -126,7 +117,7 @@ def log(rows: list[dict], runtime_cfg: Any, title: str, workdir: Path) -> dict[s
 
     if not rows:
         return {}
-    mlflow.log_text(to_csv(rows), "profile.csv")
+    record.log_table([{**r, "us_per_call": f"{r['us_per_call']:.2f}"} for r in rows], "profile.csv")
     mlflow.log_artifact(str(plot(rows, title, workdir / "profile.png")))
     return metrics(rows, getattr(runtime.get(runtime_cfg), "kernel_names", False))
 

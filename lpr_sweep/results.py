@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lpr_sweep import report, tracking
+from lpr_sweep import decision, tracking
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 REPO = Path(__file__).resolve().parent.parent
@@ -37,12 +37,12 @@ def slug(cpu: str, isa: str = "") -> str:
     return "-".join(words + [widest] * bool(widest)).lower()[:48] or "unknown-cpu"
 
 
-def _distinct(trials: list[report.Trial], tag: str) -> str:
+def _distinct(trials: list[decision.Trial], tag: str) -> str:
     values = sorted({t.tags.get(tag, "") for t in trials} - {""})
     return ", ".join(values) or "not recorded"
 
 
-def _repeats(cfg: tracking.TrackingConfig, trials: list[report.Trial]) -> list[str]:
+def _repeats(cfg: tracking.TrackingConfig, trials: list[decision.Trial]) -> list[str]:
     """Per trial: the FINISHED runs of its config in the store (this one and earlier sweeps'), as ranges."""
     from mlflow import MlflowClient
 
@@ -61,7 +61,7 @@ def _repeats(cfg: tracking.TrackingConfig, trials: list[report.Trial]) -> list[s
     return rows
 
 
-def header(cfg: tracking.TrackingConfig, sweep: report.Sweep, parent: Any, commit: str) -> list[str]:
+def header(cfg: tracking.TrackingConfig, sweep: decision.Sweep, parent: Any, commit: str) -> list[str]:
     done = [t for t in sweep.trials if t.finished] or sweep.trials
     versions = sorted({k[len("version."):] + " " + v for t in done[:1] for k, v in t.tags.items() if k.startswith("version.")})
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(parent.info.start_time / 1000))
@@ -88,7 +88,7 @@ def header(cfg: tracking.TrackingConfig, sweep: report.Sweep, parent: Any, commi
     ]
 
 
-def summary(sweep: report.Sweep, best_run_id: str, path: Path, cpu: str) -> list[str]:
+def summary(sweep: decision.Sweep, best_run_id: str, path: Path, cpu: str) -> list[str]:
     """The README's table: each finished trial's headline numbers, the report's choice marked."""
     rows = [f"From [{path.as_posix()}]({path.as_posix()}) ({cpu}). Speed-ups are each trial's paired ratio against the "
             "unpruned fp32 model on ONNX Runtime in its own process, batch 1, with 95 % intervals; the file has the protocol, "
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = tracking.TrackingConfig(uri=args.tracking_uri, experiment=args.experiment)
     try:
-        sweep = report.load(cfg, args.sweep)
+        sweep = decision.load(cfg, args.sweep)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

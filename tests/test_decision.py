@@ -11,7 +11,7 @@ def _trial(name, speed, val):
 
 def test_decide_reads_the_finals_ratios_and_falls_back_when_it_fails():
     a, b = _trial("a", 2.0, 0.90), _trial("b", 2.6, 0.895)  # b looks faster in its own trial
-    sweep = report.Sweep("p", None, [a, b])
+    sweep = decision.Sweep("p", None, [a, b])
     rule = Rule("latency", max_drop_pts=1.0)
 
     def even(finalists):  # the final finds them equal
@@ -36,7 +36,7 @@ def test_decide_reads_the_finals_ratios_and_falls_back_when_it_fails():
 def test_the_gate_moves_the_champion_only_for_a_better_comparable_model():
     rule = Rule("latency", max_drop_pts=1.0)
     new = _trial("new", 3.0, 0.90)
-    sweep = report.Sweep("p", None, [new])
+    sweep = decision.Sweep("p", None, [new])
     first = decision.decide(sweep, rule)
     assert first.promote and first.why == "no champion was registered yet"
     slower = decision.decide(sweep, rule, incumbent=("1", _trial("old", 2.0, 0.90)))

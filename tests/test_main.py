@@ -192,7 +192,7 @@ def test_the_sweep_lock_names_its_owner_and_dies_with_it(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_resume_with_an_edited_list_keeps_the_trials_it_reuses_and_names_the_rest(tmp_path, tiny_root, store):
-    from lpr_sweep import report
+    from lpr_sweep import decision
 
     first = cli(*_args(tmp_path / "a", tiny_root, store, "prune.ratio=0.1,0.3,0.5"))
     assert first.returncode == 0, first.stderr[-2000:]
@@ -201,7 +201,7 @@ def test_a_resume_with_an_edited_list_keeps_the_trials_it_reuses_and_names_the_r
     cfg, parents, _ = sweep_runs(store)
     newest = max(parents, key=lambda r: r.info.start_time)
     assert newest.data.metrics["n_trials"] == 2  # 0.1 counts, though it ran in the first sweep
-    sweep = report.load(cfg, newest.info.run_id)
+    sweep = decision.load(cfg, newest.info.run_id)
     names = sorted(t.name for t in sweep.trials)
     assert len(names) == 2 and names[0].startswith("0.1 (reused from sweep") and names[1] == "0.7"
     (note,) = sweep.notes

@@ -1,6 +1,5 @@
 """Per-op profiles (lpr_sweep.profile): each runtime's counters name the graph's ops; the report shows the costliest."""
 import collections
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -43,7 +42,6 @@ def test_a_profile_names_every_conv_of_the_graph_once(split_onnx, tmp_path, name
     m = profile.metrics(rows, getattr(runtime.get(name), "kernel_names", False))
     assert m["profile_ops"] == len(rows) and m["profile_total_us"] == pytest.approx(sum(r["us_per_call"] for r in rows))
     assert ("profile_ref_kernel_us" in m) == (name == "openvino")  # ONNX Runtime does not say which kernels are reference ones
-    assert profile.from_csv(profile.to_csv(rows))[0]["node"] == rows[0]["node"]
     png = profile.plot(rows, "t", tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -33,7 +33,7 @@ def test_markdown_shows_failed_runs_intervals_noise_and_published_numbers():
     pruned.metrics["bench_noisy"] = 1.0
     busy = _t("busy", 0.8, 2.0, **{"optimization.name": "prune"})
     busy.metrics.update(bench_noisy=1.0, bench_host_busy=1.0, bench_other_cores=0.83)
-    sweep = report.Sweep("parent", None, [BASE, pruned, failed, busy])
+    sweep = decision.Sweep("parent", None, [BASE, pruned, failed, busy])
     text = report.markdown(sweep, Rule("accuracy"), decision.Decision(BASE, "base"), report.pareto(sweep.trials))
     rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| ")}
     assert "FAILED: RuntimeError: boom" in rows["g"]
@@ -51,7 +51,7 @@ def test_markdown_shows_failed_runs_intervals_noise_and_published_numbers():
 
 
 def test_plot_is_a_decodable_png(tmp_path):
-    sweep = report.Sweep("parent", None, TRIALS)
+    sweep = decision.Sweep("parent", None, TRIALS)
     path = report.plot(sweep, TRIALS[1], report.pareto(TRIALS), tmp_path / "r.png")
     raw = path.read_bytes()
     assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 10_000
