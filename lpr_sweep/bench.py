@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize
 
-from lpr_sweep import ConfigError, benchmark, config, data, evaluate, hardware, peers, pipeline, profile, size, tracking
+from lpr_sweep import ConfigError, benchmark, config, data, evaluate, hardware, peers, pipeline, profile, runtime, size, tracking
 
 ROWS = {  # row name -> overrides on the default config
     "torch eager fp32": ["runtime=torch"],
@@ -165,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not ops:
                     out.append(f"no profile: runtime {confs[n].runtime.name} gives none")
                     continue
-                m = profile.metrics(ops, True)
-                out.append(f"{m['profile_total_us']:.0f} µs per call in {len(ops)} ops; {m['profile_ref_kernel_us']:.0f} in kernels named ref_*; "
-                           f"{m['profile_reorder_us']:.0f} in Reorders\n")
+                m = profile.metrics(ops, getattr(runtime.get(confs[n].runtime), "kernel_names", False))
+                ref = f"{m['profile_ref_kernel_us']:.0f} in kernels named ref_*" if "profile_ref_kernel_us" in m else "kernels not named"
+                out.append(f"{m['profile_total_us']:.0f} µs per call in {len(ops)} ops; {ref}; {m['profile_reorder_us']:.0f} in Reorders\n")
                 out.append("\n".join(profile.table(ops, 5)))
     text = "\n".join(out) + "\n"
     print(text, end="")
