@@ -10,8 +10,9 @@ Protocol: batch 1, ``--threads`` intra-op threads, one real scored plate as inpu
 untimed calls per row, then ``--rounds`` rounds of ``--calls`` timed calls each, rows in the same
 order every round. p50 and p90 are over all timed calls of the row. Accuracy is on
 the scored plates only; the calibration plates (int8 calibration) and the validation plates (the
-int8 guard's decisions) are never scored. The TVM rows
-tune once per graph and target (about 20 minutes here) and reuse the database afterwards.
+int8 guard's decisions) are never scored. The TVM rows start from the shipped records (re-measured
+here unless tuned for this CPU) and reuse the database afterwards; the "tuned from nothing here" rows
+tune once per graph in a cache of their own (~7 minutes each on 2 cores).
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ ROWS = {  # row name -> overrides on the default config
     "torch int8 (torch_x86, compiled)": ["quant=torch_x86", "runtime=torch"],
     "TVM fp32, untuned": ["runtime=tvm", "compile=untuned"],
     "TVM fp32, tuned (mlc, default budget)": ["optimization=mlc"],
+    # the same budget tuned from nothing on this CPU, in a cache of its own: what shipped records must match
+    "TVM fp32, tuned from nothing here (mlc, compile.records=none)": [
+        "optimization=mlc", "compile.records=none", "compile.cache_dir=~/.cache/lpr_sweep/tvm-from-nothing"],
     "ORT fp32, prune layer 0.5 (report's method)": ["optimization=prune", "prune.scope=layer"],
     "torch eager fp32, prune global 0.5": ["optimization=prune", "runtime=torch"],
     "ORT fp32, prune global 0.5": ["optimization=prune"],
@@ -55,6 +59,10 @@ ROWS = {  # row name -> overrides on the default config
         "runtime=openvino", "prune.slice_pools=true", "prune.split_producers=false"],
     "OpenVINO int8 (nncf), pools sliced (quant + prune.slice_pools)": ["optimization=quant", "prune.slice_pools=true", "prune.split_producers=false"],
     "TVM fp32, structured global 0.8 (prune_structured_mlc)": ["optimization=prune_structured_mlc"],
+    "TVM fp32, structured global 0.8, tuned from nothing here (prune_structured_mlc, compile.records=none)": [
+        "optimization=prune_structured_mlc", "compile.records=none", "compile.cache_dir=~/.cache/lpr_sweep/tvm-from-nothing"],
+    "ORT fp32, structured global 0.8 (prune_structured_mlc's graph)": ["optimization=prune_structured_mlc", "runtime=onnxruntime"],
+    "torch eager fp32, structured global 0.8 (prune_structured_mlc's model)": ["optimization=prune_structured_mlc", "runtime=torch"],
     "ORT fp32, structured global 0.9 + kd (prune_structured_kd)": ["optimization=prune_structured_kd"],
     "ORT fp32, structured global 0.9 + kd, pools gather": ["optimization=prune_structured_kd", "prune.slice_pools=false", "prune.split_producers=false"],
     "ORT fp32, structured global 0.9 + kd, channels not padded, pools gather": [

@@ -24,7 +24,7 @@ LAYOUTS = {"NCHW": None, "NHWC": ["NHWC", "OHWI"]}  # data and weight layout of 
 
 @dataclass
 class CompileConfig:
-    target: str = "auto"  # auto: LLVM for this host's CPU; else a JSON target, e.g. {"kind":"llvm","mcpu":"znver4"}
+    target: str = "auto"  # auto: LLVM for this host's CPU; an LLVM CPU name (znver3); or a JSON target, e.g. {"kind":"llvm","mcpu":"znver4"}
     total_trials: int = 512  # 0 compiles with TVM's default schedules (no tuning)
     trials_per_task: int = 16
     task_trials: dict[str, int] = field(default_factory=dict)  # op name -> trials per task, e.g. {conv2d: 64}; others get trials_per_task
@@ -59,6 +59,11 @@ def target_of(cfg: CompileConfig, threads: int):
 
     if cfg.target == "auto":
         spec = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}
+    elif not cfg.target.lstrip().startswith("{"):  # a bare CPU name, e.g. to build AVX2 records on an AVX-512 host
+        if not codegen.llvm_is_valid_cpu(cfg.target, codegen.llvm_get_system_triple()):
+            raise ConfigError(f"compile.target={cfg.target!r} is not a CPU LLVM knows; use auto, a name such as znver3 "
+                              "or skylake-avx512, or a JSON target")
+        spec = {"kind": "llvm", "mcpu": cfg.target}
     else:
         try:
             spec = json.loads(cfg.target)

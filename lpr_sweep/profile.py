@@ -5,8 +5,9 @@ timing that decides. Each runtime that can count says so with a ``profile(model_
 workdir, x, warmup, calls)`` classmethod returning one dict per op (``node``, ``op_type``, ``kernel``, ``precision``, ``us_per_call``):
 - OpenVINO: ``PERF_COUNT`` counters (node, layer type, kernel implementation such as
   ``brgconv_avx512_I8`` or ``ref_f32``, its precision);
-- ONNX Runtime: its session profiler (node, op type, execution provider, input element type).
-TVM and PyTorch give no profile (TVM's debug executor rebuilds the module: not cheap).
+- ONNX Runtime: its session profiler (node, op type, execution provider, input element type);
+- TVM: the Relax VM's instrument hook around every call (compiled kernels and VM builtins).
+PyTorch gives none.
 
 Logged per trial: ``profile.csv`` (node, op type, kernel, precision, µs per call averaged over
 ``profile.calls`` calls after ``profile.warmup``), ``profile.png`` (time by op type) and the metrics

@@ -1,9 +1,15 @@
 """Shipped TVM tuning records (like TVM's old TopHub): the best schedule of every task of this
-project's graphs for the reference CPU, in ``compile_records/``, one reviewable JSON-lines file per
-graph named ``<cpu>-<cores>c-<key>.jsonl`` with the compile cache's key.
+project's graphs, per ISA family, in ``compile_records/``: one reviewable JSON-lines file per graph
+and tuning machine, named ``<isa>-<cpu>-<cores>c-<graph key>.jsonl``.
 
-``seed`` turns a file into the MetaSchedule database the compile stage applies; ``ship`` (``python
--m lpr_sweep.records ship CACHE_DIR``, run by ``make records``) writes the files from tuned databases.
+A file is keyed by what its schedules depend on: the graph (``tune.graph_key``: structure, TVM
+version and budget; no target) and the ISA family whose vector instructions the kernels use
+(``isa_of``), not LLVM's CPU name, which differs between machines with the same instructions.
+``nearest`` picks the file a target uses: ``exact`` when it was tuned for this very target on a
+CPU that LLVM names like this one (its times stand), else ``transferred``: the nearest file of the
+same ISA family, whose schedules the compile stage re-measures here before it trusts them
+(``tune.transfer``). ``ship`` (``python -m lpr_sweep.records ship CACHE_DIR``, run by ``make
+records``) writes the files from tuned databases.
 """
 from __future__ import annotations
 
@@ -17,27 +23,57 @@ from lpr_sweep import ConfigError, cache
 
 log = logging.getLogger(__name__)
 TARGET_FILE = "target.json"  # beside every tuning database: the target it was tuned for
+SOURCE_FILE = "source.json"  # beside every tuning database: its graph key and where its records came from
 SHIPPED = Path(__file__).with_name("compile_records")
+# The families, widest first: a target belongs to the first whose features LLVM reports for it.
+# fp32 kernels differ by vector width (AVX-512 or AVX2 with FMA); VNNI decides the int8 ones.
+ISA_FAMILIES = {"avx512-vnni": ("avx512f", "avx512bw", "avx512vnni"), "avx512": ("avx512f", "avx512bw"), "avx2-fma": ("avx2", "fma")}
+FAILED_SECS = 1e9  # MetaSchedule marks a failed build or run with 1e10 s
 
 
-def seed(folder: Path | None, fused, target, key: str, work: Path) -> dict[str, float] | None:
-    """Seed ``work`` from the records of this key in ``folder``, when they cover every task; else None (tune)."""
-    found = sorted(folder.glob(f"*-{key}.jsonl")) if folder and folder.is_dir() else []
-    if not found:
-        log.info("tune: no shipped records for this graph and target (key %s in %s); tuning", key, folder or "compile.records=none")
-        return None
+def isa_of(target) -> str:
+    """The ISA family of an LLVM target ("other" when it has none of them, e.g. ARM or SSE-only)."""
+    from tvm.target import codegen
+
+    features = {str(f) for f in codegen.llvm_get_cpu_features(target)}
+    return next((name for name, needs in ISA_FAMILIES.items() if set(needs) <= features), "other")
+
+
+def host_cpu() -> str:
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
+
+
+def header_of(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
     try:
-        missing = materialize(found[0], fused, target, work)
-    except (ValueError, KeyError, TypeError) as e:  # json's and TVM's parse errors are ValueErrors
-        raise ConfigError(f"{found[0]} is not a tuning records file ({str(e).splitlines()[0][:120]}); "
-                          "regenerate it with `make records` or set compile.records=none") from None
-    if missing:
-        log.warning("tune: %s lacks records for %d tasks (%s); tuning instead", found[0], len(missing), ", ".join(missing))
-        for name in ("database_workload.json", "database_tuning_record.json"):
-            (work / name).unlink(missing_ok=True)
+        header = json.loads(first)
+        header["graph_key"], header["isa"], header["record_target"]  # noqa: B018  (a file before ISA keys lacks them)
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a tuning records file (its first line is no header with graph_key, isa and "
+                          "record_target); regenerate it with `make records` or set compile.records=none") from None
+    return header
+
+
+def nearest(folder: Path | None, graph_key: str, target, target_json: dict) -> tuple[Path, str] | None:
+    """The records file for this graph that ``target`` uses and how: (file, "exact" or "transferred"); None: tune."""
+    if not folder or not folder.is_dir():
         return None
-    log.info("tune: seeded the database from shipped records %s; no tuning", found[0])
-    return {"tune_db_shipped": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
+    isa = isa_of(target)
+    same = [(p, h) for p in sorted(folder.glob(f"*-{graph_key}.jsonl")) if (h := header_of(p))["isa"] == isa]
+    if not same:
+        return None
+    mcpu, cores = target_json.get("mcpu"), target_json.get("num-cores")
+
+    def distance(item):  # this target on this CPU, then the same LLVM CPU, then the same core count
+        h = item[1]
+        return (h["target"] != target_json or h.get("measured_on") != host_cpu(), h["target"].get("mcpu") != mcpu,
+                h["target"].get("num-cores") != cores)
+
+    path, header = min(same, key=distance)
+    return path, "transferred" if any(distance((path, header))) else "exact"
 
 
 def materialize(records: Path, fused, target, work: Path) -> list[str]:
@@ -45,51 +81,65 @@ def materialize(records: Path, fused, target, work: Path) -> list[str]:
     names of the graph's tasks that have no record (an empty list: every task is covered)."""
     from tvm.s_tir import meta_schedule as ms
 
-    header, *rows = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
-    by_workload = {row["workload"]: row for row in rows}
     work.mkdir(parents=True, exist_ok=True)
     database = ms.database.JSONDatabase(work_dir=str(work))
     missing = []
-    for task in ms.relax_integration.extract_tasks(fused, target):
-        workload = database.commit_workload(task.dispatched[0])
-        row = by_workload.get(workload.as_json()[0])  # the workload's structural hash
-        if row is None:
-            missing.append(task.task_name)
-            continue
-        trace, run_secs, args_info = row["record"]
-        record = [trace, run_secs, header["record_target"], args_info]
-        database.commit_tuning_record(ms.database.TuningRecord.from_json(record, workload))
+    try:
+        header, *rows = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
+        by_workload = {row["workload"]: row for row in rows}
+        for task in ms.relax_integration.extract_tasks(fused, target):
+            workload = database.commit_workload(task.dispatched[0])
+            row = by_workload.get(workload.as_json()[0])  # the workload's structural hash
+            if row is None:
+                missing.append(task.task_name)
+                continue
+            trace, run_secs, args_info = row["record"]
+            record = [trace, run_secs, header["record_target"], args_info]
+            database.commit_tuning_record(ms.database.TuningRecord.from_json(record, workload))
+    except (ValueError, KeyError, TypeError) as e:  # json's and TVM's parse errors are ValueErrors
+        raise ConfigError(f"{records} is not a tuning records file ({str(e).splitlines()[0][:120]}); "
+                          "regenerate it with `make records` or set compile.records=none") from None
     return missing
 
 
 def ship(database: Path, out: Path) -> Path:
-    """Write the best measured record of every task of a tuned database as ``out/<cpu>-<cores>c-<key>.jsonl``:
-    a header line, then one line per task (slowest first; unmeasurable ones last, ``mean_us`` null),
-    small enough to review in a diff."""
+    """Write the best measured record of every task of a tuned database as
+    ``out/<isa>-<cpu>-<cores>c-<graph key>.jsonl``: a header line, then one line per task (slowest
+    first; unmeasurable ones last, ``mean_us`` null), small enough to review in a diff."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    source = database / SOURCE_FILE
+    if not source.is_file():
+        raise ConfigError(f"{database} was tuned before databases recorded their graph key; tune it again (make records)")
     best: dict[str, tuple[float, list]] = {}
     for record in ms.database.JSONDatabase(work_dir=str(database), allow_missing=False).get_all_tuning_records():
         secs = [float(t) for t in record.run_secs or []]
-        # 1e10 marks a failed build or run; such a task (e.g. a `take` whose random test indices fall
-        # out of range) keeps a failed record, which TVM never applies: it runs its default schedule,
-        # as it does from the tuned database. Shipping it says the task was tuned, not forgotten.
-        mean = float(np.mean(secs)) if secs and all(np.isfinite(secs)) and max(secs) < 1e9 else float("inf")
+        # A failed build or run (e.g. a `take` whose random test indices fall out of range) keeps a
+        # failed record, which TVM never applies: that task runs its default schedule, as it does
+        # from the tuned database. Shipping it says the task was tuned, not forgotten.
+        mean = float(np.mean(secs)) if secs and all(np.isfinite(secs)) and max(secs) < FAILED_SECS else float("inf")
         workload = record.workload.as_json()[0]
         if workload not in best or mean < best[workload][0]:
             best[workload] = (mean, record.as_json())
     if not any(np.isfinite(mean) for mean, _ in best.values()):
         raise ConfigError(f"{database} holds no measured tuning record; tune it first (make records)")
     target = json.loads((database / TARGET_FILE).read_text())
-    header = {"key": database.name, "tvm": tvm.__version__, "target": target,
-              "record_target": next(iter(best.values()))[1][2], "regenerate": "make records"}
+    record_target = next(iter(best.values()))[1][2]
+    graph_key = json.loads(source.read_text())["graph_key"]
+    isa = isa_of(tvm.target.Target(record_target))
+    header = {"graph_key": graph_key, "isa": isa, "tvm": tvm.__version__, "target": target, "record_target": record_target,
+              "measured_on": host_cpu(), "regenerate": "make records"}
     rows = [{"workload": w, "mean_us": round(mean * 1e6, 2) if np.isfinite(mean) else None, "args": [a[2] for a in rec[3]],
              "record": [rec[0], rec[1], rec[3]]} for w, (mean, rec) in sorted(best.items(), key=lambda kv: (np.isinf(kv[1][0]), -kv[1][0]))]
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{target.get('mcpu', target['kind'])}-{target.get('num-cores')}c-{database.name}.jsonl"
+    path = out / f"{prefix(isa, target)}-{graph_key}.jsonl"
     path.write_text("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in [header, *rows]))
     return path
+
+
+def prefix(isa: str, target: dict) -> str:
+    return f"{isa}-{target.get('mcpu', target['kind'])}-{target.get('num-cores')}c"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lpr_sweep.records", description="TVM tuning records.")
     sub = parser.add_subparsers(dest="command", required=True)
     ship_cmd = sub.add_parser("ship", help="write the shipped records from every tuned database in a cache folder "
-                                           "(replacing older records for the same CPU and core count)")
+                                           "(replacing older records for the same ISA family, CPU and core count)")
     ship_cmd.add_argument("cache_dir", type=Path, help="a compile.cache_dir that holds tuned databases")
     ship_cmd.add_argument("--to", type=Path, default=SHIPPED, help=f"where the records go (default {SHIPPED})")
     args = parser.parse_args(argv)
@@ -110,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         parser.error(str(e))
     for stale in {p for w in written for p in args.to.glob(w.name.rsplit("-", 1)[0] + "-*.jsonl")} - set(written):
-        stale.unlink()  # the same CPU and core count, an older graph: nothing would ever match it again
+        stale.unlink()  # the same ISA, CPU and core count, an older graph: nothing would ever match it again
         print("removed", stale)
     print("\n".join(map(str, written)))
 

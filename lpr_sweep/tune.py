@@ -4,10 +4,11 @@ The database is keyed by the graph (its structure, not its weight values), the t
 version and the budget, and lives in a user cache: every pruning ratio shares one database, so only
 the first trial of a sweep pays for tuning. A file lock serialises trials that would tune the same
 key; a database is tuned in a temporary folder and renamed into place only when complete. Records
-shipped with the package (``compile_records/``: the best schedule of every task of this project's
-graphs, for the reference CPU) seed that cache when their key matches, so a fresh clone on that CPU
-builds tuned kernels without tuning (``lpr_sweep.records``). A database is never applied to a
-target other than the one it was tuned for.
+shipped with the package (``compile_records/``, ``lpr_sweep.records``: the best schedule of every
+task of this project's graphs, per ISA family) seed that cache: as they are when they were tuned
+for this target on this CPU (``exact``), else re-measured here first (``transferred``); only the
+tasks they do not cover are tuned. A database is never applied to a target other than the one it
+was built for.
 
 Three traps of this TVM (docs/measured.md, "TVM") are handled here: builder workers spend ~40 s
 importing TVM's tensor intrinsics (this module makes it ~6 s and keeps one worker pool for the whole
@@ -39,14 +40,24 @@ CompileConfig = Any
 RECYCLE_AFTER = 64  # builds per builder worker before it is restarted
 
 
-def key_of(fused, target, cfg: CompileConfig) -> str:
+def _key(fused, cfg: CompileConfig, *more: str) -> str:
     import tvm
 
     budget = [cfg.total_trials, cfg.trials_per_task, sorted(cfg.tasks), cfg.cpu_weight_prepack]
     if cfg.task_trials:  # appended only when set, so databases tuned before it existed keep their keys
         budget.append(sorted(cfg.task_trials.items()))
-    text = "\n".join([fused.script(show_meta=False), str(target), tvm.__version__, json.dumps(budget)])
+    text = "\n".join([fused.script(show_meta=False), *more, tvm.__version__, json.dumps(budget)])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def key_of(fused, target, cfg: CompileConfig) -> str:
+    """The cache's key: a database serves one graph, budget and target."""
+    return _key(fused, cfg, str(target))
+
+
+def graph_key(fused, cfg: CompileConfig) -> str:
+    """The shipped records' key: the graph and budget alone; the ISA family is in the file's name."""
+    return _key(fused, cfg)
 
 
 def cache_root(cfg: CompileConfig) -> Path:
@@ -151,12 +162,12 @@ def _progress_builder(cfg: CompileConfig, threads: int, budget: int):
     return ProgressBuilder()
 
 
-def search(fused, target, cfg: CompileConfig, work_dir: Path, threads: int) -> dict[str, float]:
-    """Tune ``fused`` into ``work_dir``; raise when nothing could be measured."""
+def search(fused, target, cfg: CompileConfig, work_dir: Path, threads: int, only: list[str] | None = None) -> dict[str, float]:
+    """Tune ``fused`` (only the tasks named in ``only``, when given) into ``work_dir``; raise when nothing could be measured."""
     from tvm.s_tir import meta_schedule as ms
 
     tasks = ms.relax_integration.extract_tasks(fused, target)
-    chosen = [t for t in tasks if not cfg.tasks or any(op in t.task_name for op in cfg.tasks)]
+    chosen = [t for t in tasks if (not cfg.tasks or any(op in t.task_name for op in cfg.tasks)) and (only is None or t.task_name in only)]
     groups: dict[int, list] = {}  # trials per task -> its tasks; MetaSchedule takes one cap per run
     for task in chosen:
         groups.setdefault(next((n for op, n in cfg.task_trials.items() if op in task.task_name), cfg.trials_per_task), []).append(task)
@@ -189,6 +200,61 @@ def search(fused, target, cfg: CompileConfig, work_dir: Path, threads: int) -> d
             "tune_tasks": len(chosen), "tune_tasks_total": len(tasks), "tune_failed_batches": progress.dead_batches}
 
 
+def transfer(shipped: Path, fused, target, cfg: CompileConfig, work: Path, threads: int) -> tuple[list[str], dict[str, float]]:
+    """Re-measure ``shipped``'s schedules (another CPU's) on this one and commit them into ``work``
+    with this target and the times measured here; return the tasks left to tune (no record, or a
+    schedule that no longer builds or runs) and the metrics.
+
+    A schedule is a program transformation, not machine code, so another CPU's schedules of the same
+    ISA family build here; their speed here is what this CPU measures, never the file's figure."""
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    t0 = time.perf_counter()
+    staged = work / "shipped"
+    missing = records.materialize(shipped, fused, target, staged)
+    source, database = ms.database.JSONDatabase(work_dir=str(staged)), ms.database.JSONDatabase(work_dir=str(work))
+    by_workload = {r.workload.as_json()[0]: r for r in source.get_all_tuning_records()}
+    todo = []  # (task, workload, trace, args_info) to measure here
+    for task in ms.relax_integration.extract_tasks(fused, target):
+        if task.task_name in missing:
+            continue
+        workload = database.commit_workload(task.dispatched[0])
+        shipped_record = by_workload[workload.as_json()[0]]
+        if min(float(t) for t in shipped_record.run_secs) >= records.FAILED_SECS:
+            # unmeasurable where it was tuned (a `take` of random indices): TVM runs its default schedule
+            database.commit_tuning_record(ms.database.TuningRecord(shipped_record.trace, workload, shipped_record.run_secs, target,
+                                                                   shipped_record.args_info))
+            continue
+        sch = Schedule(task.dispatched[0])
+        shipped_record.trace.apply_to_schedule(sch, remove_postproc=False)
+        todo.append((task, workload, sch, ms.arg_info.TensorInfo.from_prim_func(sch.mod["main"])))
+    builder = _progress_builder(cfg, threads, len(todo))
+    try:
+        built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch, _ in todo])
+    finally:
+        builder.close()
+    runner = ms.runner.LocalRunner()
+    for (task, workload, sch, args_info), b in zip(todo, built):
+        secs = None
+        if b.error_msg is None:
+            result = runner.run([ms.runner.RunnerInput(b.artifact_path, device_type="cpu", args_info=args_info)])[0].result()
+            secs = None if result.error_msg else [float(t) for t in result.run_secs]
+            if result.error_msg:
+                log.warning("tune: %s", str(result.error_msg).strip().splitlines()[-1][:300])
+            shutil.rmtree(Path(b.artifact_path).parent, ignore_errors=True)
+        if secs is None or min(secs) >= records.FAILED_SECS:
+            log.warning("tune: the shipped schedule of %s does not %s here; tuning it", task.task_name, "build" if b.error_msg else "run")
+            missing.append(task.task_name)
+            continue
+        database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, target, args_info))
+    shutil.rmtree(staged, ignore_errors=True)
+    log.info("tune: re-measured %d shipped schedules from %s on this CPU in %.0f s; %d tasks left to tune",
+             len(todo), shipped.name, time.perf_counter() - t0, len(missing))
+    return missing, {"tune_tasks_transferred": len(todo) - len([t for t, *_ in todo if t.task_name in missing]),
+                     "tune_transfer_seconds": time.perf_counter() - t0}
+
+
 def _close_log_files(work_dir: Path) -> None:
     """Detach MetaSchedule's file handlers that write into ``work_dir``.
 
@@ -209,13 +275,13 @@ def _close_log_files(work_dir: Path) -> None:
 def database(fused, target, cfg: CompileConfig, threads: int) -> tuple[Path | None, dict[str, float]]:
     """The tuning database for this graph and target: cached, else seeded from shipped records, else tuned now."""
     if cfg.database == "auto" and cfg.total_trials == 0:
-        return None, {"tune_db_hit": 0, "tune_trials_run": 0, "tune_seconds": 0.0}
+        return None, {"tune_db_hit": 0, "tune_trials_run": 0, "tune_seconds": 0.0, "tune_db_source": "untuned"}
     if cfg.database != "auto":
         path = Path(cfg.database).expanduser()
         _check_target(path, target)
         if (problem := cache.damage(path)) is not None and (path / cache.SEAL).is_file():
             raise ConfigError(f"compile.database={path} is damaged ({problem}); restore it or use compile.database=auto")
-        return path, {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
+        return path, {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0, **_source(path)}
     root = cache_root(cfg)
     path = root / key_of(fused, target, cfg)
     with _locked(root / f"{path.name}.lock"):
@@ -225,16 +291,49 @@ def database(fused, target, cfg: CompileConfig, threads: int) -> tuple[Path | No
         if (path / TARGET_FILE).is_file():
             _check_target(path, target)
             log.info("tune: reusing database %s", path)
-            return path, {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0}
+            return path, {"tune_db_hit": 1, "tune_trials_run": 0, "tune_seconds": 0.0, **_source(path)}
         work = Path(tempfile.mkdtemp(prefix=f"{path.name}.", dir=root))
         try:
-            stats = records.seed(records_dir(cfg), fused, target, path.name, work) or search(fused, target, cfg, work, threads)
+            stats = _build(fused, target, cfg, work, threads)
             (work / TARGET_FILE).write_text(json.dumps(target_record(target), sort_keys=True))
             cache.seal(work)
             work.rename(path)  # atomic: a reader never sees a half-written database
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return path, {"tune_db_hit": 0, **stats}
+
+
+def _build(fused, target, cfg: CompileConfig, work: Path, threads: int) -> dict[str, Any]:
+    """Fill ``work``: from the nearest shipped records (as they are, or re-measured here), then tune
+    what they leave; write the database's provenance beside it and return the metrics."""
+    gkey, folder = graph_key(fused, cfg), records_dir(cfg)
+    found = records.nearest(folder, gkey, target, target_record(target))
+    stats: dict[str, Any] = {"tune_trials_run": 0, "tune_seconds": 0.0}
+    if found is None:
+        log.info("tune: no shipped records of this graph for %s (graph key %s in %s); tuning", records.isa_of(target), gkey,
+                 folder or "compile.records=none")
+        source, missing = "tuned", None
+    elif found[1] == "exact":
+        source, missing = "exact", records.materialize(found[0], fused, target, work)
+        log.info("tune: seeded the database from shipped records %s (tuned for this target on this CPU)", found[0].name)
+    else:
+        source = "transferred"
+        missing, transferred = transfer(found[0], fused, target, cfg, work, threads)
+        stats.update(transferred)
+    if missing is None or missing:
+        stats.update(search(fused, target, cfg, work, threads, only=missing))
+    stats["tune_tasks_tuned"] = stats.get("tune_tasks", 0)
+    facts = {"graph_key": gkey, "tune_db_source": source, "tune_records": found[0].name if found else "none",
+             "tune_tasks_tuned": stats["tune_tasks_tuned"], "tune_tasks_transferred": stats.get("tune_tasks_transferred", 0)}
+    (work / records.SOURCE_FILE).write_text(json.dumps(facts, sort_keys=True))
+    return {**stats, **_source(work)}
+
+
+def _source(path: Path) -> dict[str, Any]:
+    """Where a database's records came from (logged with every trial that uses it, cache hits too)."""
+    facts = json.loads((path / records.SOURCE_FILE).read_text()) if (path / records.SOURCE_FILE).is_file() else {}
+    return {"tune_db_source": facts.get("tune_db_source", "unknown"), "tune_records": facts.get("tune_records", "unknown"),
+            "tune_tasks_tuned": facts.get("tune_tasks_tuned", -1), "tune_tasks_transferred": facts.get("tune_tasks_transferred", -1)}
 
 
 def records_dir(cfg: CompileConfig) -> Path | None:

@@ -46,9 +46,24 @@ def test_a_profile_names_every_conv_of_the_graph_once(split_onnx, tmp_path, name
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_tvm_profile_times_every_kernel_and_vm_builtin_the_library_calls(tiny_onnx, tmp_path):
+    from conftest import TVM_HW, tvm_cfg
+
+    from lpr_sweep import compile
+
+    library, _ = compile.run(tiny_onnx, tvm_cfg(tmp_path, total_trials=0), TVM_HW, tmp_path)
+    rows = profile.take(CFG, RuntimeConfig("tvm"), library, TVM_HW, np.zeros((1, 3, 24, 94), np.float32), tmp_path / "p")
+    kernels = {r["node"]: r for r in rows if r["kernel"] == "tvm"}
+    assert set(kernels) == {"fused_conv2d_add_relu", "mean"}  # TinyConv: one conv (+ bias, relu), one mean
+    assert kernels["fused_conv2d_add_relu"]["op_type"] == "fused_conv2d_add_relu" and all(r["us_per_call"] > 0 for r in kernels.values())
+    assert any(r["op_type"].startswith("vm.builtin.alloc") for r in rows)  # the VM's own work is time too
+    assert kernels["fused_conv2d_add_relu"]["us_per_call"] > kernels["mean"]["us_per_call"]  # 1 M MACs against 19 k adds
+
+
 def test_runtimes_without_counters_give_no_profile_and_bad_settings_fail_in_one_line(split_onnx, tmp_path):
     path, _ = split_onnx
     assert profile.take(CFG, RuntimeConfig("torch"), ModelFile(None, path), HardwareConfig(), np.zeros((1, 3, 24, 94), np.float32), tmp_path) == []
+    assert profile.available(RuntimeConfig("tvm")) and not profile.available(RuntimeConfig("torch"))
     assert profile.take(profile.ProfileConfig(enabled=False), RuntimeConfig("openvino"), ModelFile(None, path), HardwareConfig(),
                         np.zeros((1, 3, 24, 94), np.float32), tmp_path) == []
     with pytest.raises(ConfigError, match="profile.calls=10 must be >= 100"):

@@ -6,6 +6,8 @@ batch-dependent norm cannot be compiled. This TVM wheel has no CUDA.
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,6 +49,39 @@ class TvmRuntime:
             self.params = list(self.vm["main_transform_params"](originals))
         self.source = model_file.source
         self.artifacts = [model_file.path] + ([weights] if weights.is_file() else [])
+
+    @classmethod
+    def profile(cls, model_file: ModelFile, hardware: hw.HardwareConfig, workdir: Path, x: np.ndarray, warmup: int,
+                calls: int) -> list[dict]:
+        """Per-call times of every function the Relax VM calls (the compiled kernels and the VM's own
+        builtins, such as allocations), from its instrument hook: a Python callback before and after
+        each call, which adds about a microsecond to each."""
+        from lpr_sweep import profile
+
+        rt = cls(model_file, hardware, workdir)
+        for _ in range(warmup):
+            rt(x[:1])
+        totals: dict[tuple[str, str, str, str], float] = {}
+        seen: dict[str, int] = {}
+        started = [0]
+
+        def instrument(func, symbol, before, ret, *args):
+            if before:
+                started[0] = time.perf_counter_ns()
+                return 0
+            symbol = str(symbol)
+            seen[symbol] = seen.get(symbol, 0) + 1
+            node = symbol if seen[symbol] == 1 else f"{symbol}#{seen[symbol]}"
+            kind = "vm.builtin" if symbol.startswith("vm.builtin") else "tvm"
+            key = (node, re.sub(r"(?<=\D)\d+(?=_|$)", "", symbol), kind, "fp32")  # fused_conv2d12_add6 -> fused_conv2d_add
+            totals[key] = totals.get(key, 0.0) + (time.perf_counter_ns() - started[0]) / 1e3
+            return 0  # VMInstrumentReturnKind.NO_OP
+
+        rt.vm.set_instrument(instrument)
+        for _ in range(calls):
+            seen.clear()
+            rt(x[:1])
+        return profile.per_call(totals, calls)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return np.concatenate([self.vm["main"](self._tensor(batch[i : i + 1]), *self.params).numpy() for i in range(len(batch))])

@@ -69,7 +69,8 @@ def _end(run_id: str, status: str) -> None:
 
 
 _INTEGER = ("_bytes", "macs", "params_dense", "plates_gained", "plates_lost", "bench_blocks", "quant_candidates",
-            "tune_trials_run", "tune_tasks", "tune_tasks_total", "tune_db_hit", "tune_db_shipped", "tune_failed_batches")
+            "tune_trials_run", "tune_tasks", "tune_tasks_total", "tune_db_hit", "tune_tasks_tuned", "tune_tasks_transferred",
+            "tune_failed_batches")
 
 
 def rounded(metrics: dict[str, float]) -> dict[str, float]:
@@ -161,12 +162,16 @@ def log_finetune(losses: list[float], files: list[str]) -> None:
 HEADLINE = ("speedup", "speedup_ci_low", "speedup_ci_high", "val_accuracy", "accuracy", "drop_pts", "size_file_bytes")
 
 
-def log_result(metrics: dict[str, float], files: list[Path]) -> None:
+def log_result(metrics: dict[str, float | str], files: list[Path]) -> None:
+    """Numbers as metrics; the few facts that are words (e.g. ``tune_db_source``) as params."""
     import mlflow
 
+    words = {k: v for k, v in metrics.items() if isinstance(v, str)}
     # The UI lists a run's metrics in the order they were logged: the ones a user decides on first.
-    ordered = {k: metrics[k] for k in HEADLINE if k in metrics} | metrics
+    ordered = {k: metrics[k] for k in HEADLINE if k in metrics} | {k: v for k, v in metrics.items() if k not in words}
     mlflow.log_metrics(rounded(ordered))
+    if words:
+        mlflow.log_params(words)
     for path in files:
         mlflow.log_artifact(str(path))
 
