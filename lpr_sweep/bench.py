@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=40, help="timed calls per row per round")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
                         help="a subset of rows (the baselines and the peers are always measured)")
-    parser.add_argument("--profile", action="store_true", help="print each row's five costliest ops (OpenVINO and ONNX Runtime rows)")
+    parser.add_argument("--profile", action="store_true", help="print each row's five costliest ops and its time by op type "
+                                                               "(OpenVINO, ONNX Runtime and TVM rows)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this file (e.g. docs/results/bench-<cpu>.md)")
     args = parser.parse_args(argv)
     names = list(dict.fromkeys(n for n in (*BASELINES, *args.rows) if n in ROWS))  # the peers are built apart
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 ref = f"{m['profile_ref_kernel_us']:.0f} in kernels named ref_*" if "profile_ref_kernel_us" in m else "kernels not named"
                 out.append(f"{m['profile_total_us']:.0f} µs per call in {len(ops)} ops; {ref}; {m['profile_reorder_us']:.0f} in Reorders\n")
                 out.append("\n".join(profile.table(ops, 5)))
+                out.append("\nµs per call by op type: " + ", ".join(f"{k} {v:.0f}" for k, v in profile.by_op_type(ops)[:8]))
     text = "\n".join(out) + "\n"
     print(text, end="")
     if args.out:

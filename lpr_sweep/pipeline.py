@@ -331,7 +331,7 @@ def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
                 log.warning("[%s] no per-op profile: %s: %s", name, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
                 rows = []
             metrics.update(profile.log(rows, conf.runtime, f"{name}: µs per call by op type ({conf.runtime.name}, {threads} threads, "
-                                       f"batch 1, mean of {conf.profile.calls} calls)", workdir / "profile"))
+                                       f"batch 1, mean of {conf.profile.calls} calls)", workdir / "profile", built.fp32_onnx))
         with stages("size"):
             metrics.update(size.measure(rt.artifacts, rt.constants()))
         with stages("deploy"):

@@ -112,15 +112,35 @@ def table(rows: list[dict], n: int = 5) -> list[str]:
     return lines
 
 
-def log(rows: list[dict], runtime_cfg: Any, title: str, workdir: Path) -> dict[str, float]:
-    """``profile.csv`` and ``profile.png`` on the active run; the profile's metrics."""
+def by_stage(rows: list[dict], onnx_path: Path) -> dict[str, float]:
+    """µs per call of the convolutions of each LPRNet stage (``prune.STAGES``), for the runtimes whose
+    profile keeps the ONNX graph's node names (OpenVINO: ``node_Conv_69/WithoutBiases``); {} for
+    those that rename fused nodes (ONNX Runtime's ``relu_16_nchwc``) or compile them (TVM). A conv's
+    stage is its weight's name in the graph (``backbone.8.block.2.weight``: block2)."""
+    import onnx
+
+    from lpr_sweep.prune import stage_of
+
+    stage = {n.name: stage_of(n.input[1]) for n in onnx.load(str(onnx_path), load_external_data=False).graph.node
+             if n.op_type == "Conv" and len(n.input) > 1}
+    out: dict[str, float] = collections.defaultdict(float)
+    for r in rows:
+        if (s := stage.get(r["node"].split("/")[0])) is not None:
+            out[s] += r["us_per_call"]
+    return dict(out)
+
+
+def log(rows: list[dict], runtime_cfg: Any, title: str, workdir: Path, onnx_path: Path | None = None) -> dict[str, float]:
+    """``profile.csv`` and ``profile.png`` on the active run; the profile's metrics, with
+    ``profile_us_<stage>`` (conv time per LPRNet stage) where the nodes map to ``onnx_path``'s convs."""
     import mlflow
 
     if not rows:
         return {}
     record.log_table([{**r, "us_per_call": f"{r['us_per_call']:.2f}"} for r in rows], "profile.csv")
     mlflow.log_artifact(str(plot(rows, title, workdir / "profile.png")))
-    return metrics(rows, getattr(runtime.get(runtime_cfg), "kernel_names", False))
+    stages = by_stage(rows, onnx_path) if onnx_path else {}
+    return {**metrics(rows, getattr(runtime.get(runtime_cfg), "kernel_names", False)), **{f"profile_us_{k}": v for k, v in stages.items()}}
 
 
 def of_run(run_id: str) -> list[dict]:

@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from lpr_sweep import ConfigError, config, export, profile, report, runtime
+from lpr_sweep import ConfigError, config, export, profile, prune, report, runtime
 from lpr_sweep.hardware import HardwareConfig
 from lpr_sweep.model import LPRNet
 from lpr_sweep.model_file import ModelFile
@@ -39,6 +39,11 @@ def test_a_profile_names_every_conv_of_the_graph_once(split_onnx, tmp_path, name
     if name == "openvino":  # it names nodes after the ONNX graph's, and each kernel
         assert {r["node"].split("/")[0] for r in rows if r["op_type"] == conv} == {n.name for n in graph.node if n.op_type == "Conv"}
         assert {r["op_type"] for r in rows if profile.is_ref(r)} <= {"Concat"}  # no strided Slice, Split or Gather left
+        stages = profile.by_stage(rows, path)  # every conv's time, by the LPRNet stage its weight belongs to
+        assert set(stages) == set(prune.STAGES) and all(v > 0 for v in stages.values())
+        assert sum(stages.values()) == pytest.approx(sum(r["us_per_call"] for r in rows if r["op_type"] == conv))
+    else:
+        assert profile.by_stage(rows, path) == {}  # ONNX Runtime renames the nodes it fuses
     m = profile.metrics(rows, getattr(runtime.get(name), "kernel_names", False))
     assert m["profile_ops"] == len(rows) and m["profile_total_us"] == pytest.approx(sum(r["us_per_call"] for r in rows))
     assert ("profile_ref_kernel_us" in m) == (name == "openvino")  # ONNX Runtime does not say which kernels are reference ones

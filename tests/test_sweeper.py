@@ -143,3 +143,52 @@ def test_search_sweep_runs_its_budget_of_valid_trials(tmp_path, tiny_root, store
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert results["objectives"] == ["val_accuracy", "speedup"] and results["pareto_front"]
     assert all(len(t["values"]) == 2 for t in results["pareto_front"])
+
+
+def test_greedy_prunes_more_of_what_a_stage_keeps_and_picks_like_netadapt():
+    assert sweeper.prune_more(0.9, 0.2) == 0.92 and sweeper.prune_more(0.3, 0.5) == 0.65 and sweeper.prune_more(0.985, 0.5) == 0.99
+    assert sweeper.shares({"profile_us_block1": 30.0, "profile_us_block3": 10.0, "speedup": 2.0}, ["block1", "block3", "head"]) == {
+        "block1": 0.75, "block3": 0.25, "head": 0.0}
+    assert sweeper.shares({"speedup": 2.0}, ["block1"]) == {}  # no profile by stage: every stage is proposed
+    current = {"val_accuracy": 0.90, "speedup": 4.0}
+    proposals = {"a": {"val_accuracy": 0.905, "speedup": 3.9},   # more accurate, but not faster: never picked
+                 "b": {"val_accuracy": 0.895, "speedup": 4.5},
+                 "c": {"val_accuracy": 0.898, "speedup": 4.2},   # the most accurate of the faster ones
+                 "d": {"val_accuracy": 0.80, "speedup": 6.0},    # fastest, below the floor
+                 "e": None}                                      # a failed trial
+    assert sweeper.choose(current, proposals, floor=0.895) == "c"
+    assert sweeper.choose(current, {k: proposals[k] for k in "ade"}, floor=0.895) is None
+
+
+def test_netadapt_composes_the_greedy_sweeper_and_refuses_the_list_sweeper_in_one_line():
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=netadapt", "hydra/sweeper=greedy"], return_hydra_config=True)
+        alone = compose("config", overrides=["+experiment=netadapt"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("GreedySweeper") and cfg.optimization.name == "prune_structured_kd_quant"
+    greedy = sweeper.GreedySweeper(**{k: v for k, v in cfg.hydra.sweeper.items() if k != "_target_"})
+    assert set(greedy.start) == {"block1", "block2", "block3", "head", "classifier"} and greedy.iterations == 3
+    with pytest.raises(ValueError, match=r"hydra.sweeper.iterations belong to the greedy sweeper; add hydra/sweeper=greedy"):
+        sweeper.ListSweeper(**{k: v for k, v in alone.hydra.sweeper.items() if k != "_target_"})
+    with pytest.raises(ValueError, match=r"names \['blok3'\], not stages of LPRNet"):
+        sweeper.GreedySweeper(start={"blok3": 0.5})
+
+
+@pytest.mark.slow
+def test_greedy_sweep_starts_proposes_and_keeps_its_pick(tmp_path, tiny_root, store):
+    done = _run(tmp_path, tiny_root, store, "-m", "hydra/sweeper=greedy", "runtime=openvino", "prune.structured=true",
+                "~hydra.sweeper.start", "+hydra.sweeper.start={block3: 0.5, head: 0.5}", "hydra.sweeper.iterations=1", "hydra.sweeper.step=0.5",
+                "hydra.sweeper.max_drop_pts=100", "hydra.sweeper.min_share=0.0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, parent, children = _children(store)
+    assert sorted(r.info.run_name for r in children) == ["greedy 0 start", "greedy 1 block3=0.75", "greedy 1 head=0.75"]
+    by_name = {r.info.run_name: r for r in children}
+    assert by_name["greedy 1 block3=0.75"].data.params["prune.stages.block3"] == "0.75"
+    assert by_name["greedy 1 block3=0.75"].data.params["prune.stages.head"] == "0.5"
+    start = by_name["greedy 0 start"].data.metrics
+    assert {"profile_us_block3", "profile_us_head", "profile_us_block1"} <= set(start)  # OpenVINO's profile, by stage
+    results = yaml.safe_load((tmp_path / "sweep" / "greedy_results.yaml").read_text())
+    (it,) = results["iterations"]
+    assert set(it["proposals"]) == {"block3=0.75", "head=0.75"} and results["start"] == {"block3": 0.5, "head": 0.5}
+    faster = {p: m for p, m in it["proposals"].items() if m["speedup"] > start["speedup"]}  # the floor is off (100 pts)
+    assert it["picked"] == (max(faster, key=lambda p: (faster[p]["val_accuracy"], faster[p]["speedup"])) if faster else None)
+    assert results["final"] == ({"block3": 0.5, "head": 0.5} if it["picked"] is None else {**results["start"], it["picked"].split("=")[0]: 0.75})

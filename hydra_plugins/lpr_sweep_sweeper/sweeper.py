@@ -1,4 +1,4 @@
-"""lpr_sweep's two Hydra sweepers (``hydra/sweeper`` group; Hydra loads plugins only from ``hydra_plugins``).
+"""lpr_sweep's three Hydra sweepers (``hydra/sweeper`` group; Hydra loads plugins only from ``hydra_plugins``).
 
 - ``ListSweeper`` runs an explicit list of jobs, each a list of overrides that may itself sweep
   (``prune.scope=layer,global``). Hydra's basic sweeper only takes one cartesian product, which
@@ -8,6 +8,11 @@
   and cannot compose ``interval`` on OmegaConf 2.3 (docs/measured.md). A sampled config that fails
   validation (``quant=nncf`` with ``runtime=onnxruntime``) is told to the study as failed without
   being launched, so only runnable trials count against ``n_trials``.
+- ``GreedySweeper`` is a NetAdapt-style latency-aware greedy over LPRNet's per-stage pruning
+  ratios (``+experiment=netadapt``): from a start, each iteration proposes pruning more of every
+  stage whose convolutions hold a real share of the current model's profiled time, runs the
+  proposals as trials, and keeps the one with the best validation accuracy among those that are
+  faster and within the accuracy budget; it stops when none is.
 """
 from __future__ import annotations
 
@@ -26,11 +31,16 @@ log = logging.getLogger(__name__)
 SAMPLERS = {"nsga2": "NSGAIISampler", "tpe": "TPESampler", "random": "RandomSampler"}  # optuna.samplers
 
 
+GREEDY_KEYS = {"start", "step", "min_share", "max_drop_pts", "iterations"}
+
+
 def search_keys_hint(keys: Sequence[str]) -> str:
-    """The line for search settings that reached the list sweeper: an experiment that sets them cannot
-    also pick the sweeper, since conf/config.yaml's choice of it wins."""
-    return (f"hydra.sweeper.{', '.join(sorted(keys))} belong to the search sweeper; add hydra/sweeper=search to the command "
-            "line (e.g. python -m lpr_sweep +experiment=stage_search hydra/sweeper=search)")
+    """The line for another sweeper's settings that reached the list sweeper: an experiment that sets
+    them cannot also pick the sweeper, since conf/config.yaml's choice of it wins."""
+    name, experiment = ("greedy", "netadapt") if set(keys) <= GREEDY_KEYS and "params" not in keys and "n_trials" not in keys \
+        else ("search", "stage_search")
+    return (f"hydra.sweeper.{', '.join(sorted(keys))} belong to the {name} sweeper; add hydra/sweeper={name} to the command "
+            f"line (e.g. python -m lpr_sweep +experiment={experiment} hydra/sweeper={name})")
 
 
 class ListSweeper(BasicSweeper):
@@ -170,3 +180,93 @@ class OptunaSweeper(Sweeper):
         except Exception as e:  # a failed trial is recorded in MLflow; the study goes on
             log.warning("trial gave no %s: %s", "/".join(self.objectives), e)
             return None
+
+
+def prune_more(ratio: float, step: float) -> float:
+    """The ratio after pruning ``step`` of what a stage still keeps (0.9 and 0.2: 0.92), below 0.99."""
+    return round(min(ratio + step * (1.0 - ratio), 0.99), 4)
+
+
+def shares(metrics: dict[str, float], stages: Sequence[str]) -> dict[str, float]:
+    """Each stage's share of the profiled conv time (``profile_us_<stage>``); {} without a profile by stage."""
+    us = {s: float(metrics.get(f"profile_us_{s}", 0.0)) for s in stages}
+    total = sum(us.values())
+    return {s: v / total for s, v in us.items()} if total > 0 else {}
+
+
+def choose(current: dict[str, float], proposals: dict[str, dict[str, float] | None], floor: float) -> str | None:
+    """NetAdapt's pick: among the proposals that are faster than ``current`` and keep validation
+    accuracy at or above ``floor``, the most accurate (then the fastest); None when none qualifies."""
+    ok = {s: m for s, m in proposals.items() if m and m["speedup"] > current["speedup"] and m["val_accuracy"] >= floor}
+    return max(ok, key=lambda s: (ok[s]["val_accuracy"], ok[s]["speedup"])) if ok else None
+
+
+class GreedySweeper(Sweeper):
+    def __init__(self, start: dict[str, float], step: float = 0.2, min_share: float = 0.1, max_drop_pts: float = 0.5,
+                 iterations: int = 3):
+        from lpr_sweep.prune import STAGES
+
+        if unknown := set(start) - set(STAGES):
+            raise ValueError(f"hydra.sweeper.start names {sorted(unknown)}, not stages of LPRNet; use {', '.join(STAGES)}")
+        if not start or not all(0.0 <= r < 1.0 for r in start.values()):
+            raise ValueError("hydra.sweeper.start must give at least one stage a ratio in [0, 1)")
+        if not 0.0 < step < 1.0 or iterations < 1 or max_drop_pts < 0 or not 0.0 <= min_share < 1.0:
+            raise ValueError("hydra.sweeper: step must be in (0, 1), iterations >= 1, max_drop_pts >= 0, min_share in [0, 1)")
+        self.start, self.step, self.min_share = {k: float(v) for k, v in start.items()}, step, min_share
+        self.max_drop_pts, self.iterations = max_drop_pts, iterations
+        self.last_error = ""
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _launch(self, jobs: dict[str, dict[str, float]], fixed: list[str], index: int, tag: str) -> dict[str, dict | None]:
+        from lpr_sweep.config import quoted
+
+        names = list(jobs)
+        overrides = [fixed + [f"prune.stages.{s}={r}" for s, r in jobs[n].items()] + [f"tracking.run_name={quoted(f'{tag} {n}')}"]
+                     for n in names]
+        out = {}
+        for n, ret in zip(names, self.launcher.launch(overrides, index)):
+            try:
+                out[n] = dict(ret.return_value)  # raises the job's exception when it failed
+            except Exception as e:  # a failed trial is recorded in MLflow; the greedy goes on without it
+                log.warning("greedy: %s gave no result: %s: %s", n, type(e).__name__, e)
+                out[n] = None
+                self.last_error = f"{type(e).__name__}: {e}"
+        return out
+
+    def sweep(self, arguments: list[str]) -> list[dict[str, Any]]:
+        parser = OverridesParser.create()
+        if sweeps := [o.input_line for o in parser.parse_overrides(list(arguments)) if o.is_sweep_override()]:
+            raise ValueError(f"the greedy sweeper decides the stage ratios itself; drop the sweep {' '.join(sweeps)}")
+        fixed = [o.input_line for o in parser.parse_overrides(list(arguments))]
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        ratios = dict(self.start)
+        current = self._launch({"start": ratios}, fixed, 0, "greedy 0")["start"]
+        if current is None:
+            raise RuntimeError(f"greedy: the start trial failed ({self.last_error}); nothing to improve on")
+        floor = current["val_accuracy"] - self.max_drop_pts / 100
+        history, launched = [], 1
+        for it in range(1, self.iterations + 1):
+            share = shares(current, list(ratios))
+            stages = [s for s in ratios if ratios[s] < 0.99 and (not share or share[s] >= self.min_share)]
+            proposals = {f"{s}={prune_more(ratios[s], self.step)}": {**ratios, s: prune_more(ratios[s], self.step)} for s in stages}
+            results = self._launch(proposals, fixed, launched, f"greedy {it}")
+            launched += len(proposals)
+            pick = choose(current, results, floor)
+            history.append({"iteration": it, "from": dict(ratios), "conv_time_share": {s: round(v, 3) for s, v in share.items()},
+                            "proposals": {p: None if m is None else {"val_accuracy": m["val_accuracy"], "speedup": m["speedup"]}
+                                          for p, m in results.items()}, "picked": pick})
+            log.info("greedy %d: %s", it, f"picked {pick}" if pick else "no proposal is faster within the accuracy budget; stopping")
+            if pick is None:
+                break
+            ratios, current = proposals[pick], results[pick]
+        OmegaConf.save(OmegaConf.create({"start": self.start, "step": self.step, "min_share": self.min_share,
+                                         "val_accuracy_floor": floor, "iterations": history, "final": ratios}),
+                       sweep_dir / "greedy_results.yaml")
+        log.info("greedy: %d trials; final stage ratios %s (%s)", launched, ratios, sweep_dir / "greedy_results.yaml")
+        return history
