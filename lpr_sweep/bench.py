@@ -44,7 +44,7 @@ ROWS = {  # row name -> overrides on the default config
     "TVM fp32, tuned (mlc, default budget)": ["optimization=mlc"],
     # the same budget tuned from nothing on this CPU, in a cache of its own: what shipped records must match
     "TVM fp32, tuned from nothing here (mlc, compile.records=none)": [
-        "optimization=mlc", "compile.records=none", "compile.cache_dir=~/.cache/lpr_sweep/tvm-from-nothing"],
+        "optimization=mlc", "compile.records=none", "compile.cache_dir='~/.cache/lpr_sweep/tvm-from-nothing'"],
     "ORT fp32, prune layer 0.5 (report's method)": ["optimization=prune", "prune.scope=layer"],
     "torch eager fp32, prune global 0.5": ["optimization=prune", "runtime=torch"],
     "ORT fp32, prune global 0.5": ["optimization=prune"],
@@ -60,7 +60,7 @@ ROWS = {  # row name -> overrides on the default config
     "OpenVINO int8 (nncf), pools sliced (quant + prune.slice_pools)": ["optimization=quant", "prune.slice_pools=true", "prune.split_producers=false"],
     "TVM fp32, structured global 0.8 (prune_structured_mlc)": ["optimization=prune_structured_mlc"],
     "TVM fp32, structured global 0.8, tuned from nothing here (prune_structured_mlc, compile.records=none)": [
-        "optimization=prune_structured_mlc", "compile.records=none", "compile.cache_dir=~/.cache/lpr_sweep/tvm-from-nothing"],
+        "optimization=prune_structured_mlc", "compile.records=none", "compile.cache_dir='~/.cache/lpr_sweep/tvm-from-nothing'"],
     "ORT fp32, structured global 0.8 (prune_structured_mlc's graph)": ["optimization=prune_structured_mlc", "runtime=onnxruntime"],
     "torch eager fp32, structured global 0.8 (prune_structured_mlc's model)": ["optimization=prune_structured_mlc", "runtime=torch"],
     "ORT fp32, structured global 0.9 + kd (prune_structured_kd)": ["optimization=prune_structured_kd"],
