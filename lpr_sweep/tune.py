@@ -215,7 +215,7 @@ def transfer(shipped: Path, fused, target, cfg: CompileConfig, work: Path, threa
     missing = records.materialize(shipped, fused, target, staged)
     source, database = ms.database.JSONDatabase(work_dir=str(staged)), ms.database.JSONDatabase(work_dir=str(work))
     by_workload = {r.workload.as_json()[0]: r for r in source.get_all_tuning_records()}
-    todo = []  # (task, workload, trace, args_info) to measure here
+    todo = []  # (task, workload, schedule with the shipped trace applied, args_info) to measure here
     for task in ms.relax_integration.extract_tasks(fused, target):
         if task.task_name in missing:
             continue

@@ -189,6 +189,9 @@ def test_greedy_sweep_starts_proposes_and_keeps_its_pick(tmp_path, tiny_root, st
     results = yaml.safe_load((tmp_path / "sweep" / "greedy_results.yaml").read_text())
     (it,) = results["iterations"]
     assert set(it["proposals"]) == {"block3=0.75", "head=0.75"} and results["start"] == {"block3": 0.5, "head": 0.5}
-    faster = {p: m for p, m in it["proposals"].items() if m["speedup"] > start["speedup"]}  # the floor is off (100 pts)
+    assert it["timing"].startswith("side by side")  # the candidates re-timed together, each trial's own speed-up kept beside
+    assert all(m["trial_speedup"] == pytest.approx(by_name[f"greedy 1 {p}"].data.metrics["speedup"], abs=1e-4)  # MLflow keeps 4 decimals
+               for p, m in it["proposals"].items())
+    faster = {p: m for p, m in it["proposals"].items() if m["speedup"] > it["current_speedup"]}  # the floor is off (100 pts)
     assert it["picked"] == (max(faster, key=lambda p: (faster[p]["val_accuracy"], faster[p]["speedup"])) if faster else None)
     assert results["final"] == ({"block3": 0.5, "head": 0.5} if it["picked"] is None else {**results["start"], it["picked"].split("=")[0]: 0.75})

@@ -11,8 +11,9 @@
 - ``GreedySweeper`` is a NetAdapt-style latency-aware greedy over LPRNet's per-stage pruning
   ratios (``+experiment=netadapt``): from a start, each iteration proposes pruning more of every
   stage whose convolutions hold a real share of the current model's profiled time, runs the
-  proposals as trials, and keeps the one with the best validation accuracy among those that are
-  faster and within the accuracy budget; it stops when none is.
+  proposals as trials, times the current model and the proposals side by side in one process (the
+  report's final, on their logged MLflow Models), and keeps the one with the best validation
+  accuracy among those that are faster and within the accuracy budget; it stops when none is.
 """
 from __future__ import annotations
 
@@ -229,7 +230,7 @@ class GreedySweeper(Sweeper):
         out = {}
         for n, ret in zip(names, self.launcher.launch(overrides, index)):
             try:
-                out[n] = dict(ret.return_value)  # raises the job's exception when it failed
+                out[n] = {**ret.return_value, "run_name": f"{tag} {n}"}  # raises the job's exception when it failed
             except Exception as e:  # a failed trial is recorded in MLflow; the greedy goes on without it
                 log.warning("greedy: %s gave no result: %s: %s", n, type(e).__name__, e)
                 out[n] = None
@@ -257,16 +258,43 @@ class GreedySweeper(Sweeper):
             proposals = {f"{s}={prune_more(ratios[s], self.step)}": {**ratios, s: prune_more(ratios[s], self.step)} for s in stages}
             results = self._launch(proposals, fixed, launched, f"greedy {it}")
             launched += len(proposals)
+            timing = self._side_by_side(current, results, sweep_dir)
             pick = choose(current, results, floor)
             history.append({"iteration": it, "from": dict(ratios), "conv_time_share": {s: round(v, 3) for s, v in share.items()},
-                            "proposals": {p: None if m is None else {"val_accuracy": m["val_accuracy"], "speedup": m["speedup"]}
+                            "timing": timing, "current_speedup": current["speedup"],
+                            "proposals": {p: None if m is None else {k: m[k] for k in ("val_accuracy", "speedup", "trial_speedup") if k in m}
                                           for p, m in results.items()}, "picked": pick})
             log.info("greedy %d: %s", it, f"picked {pick}" if pick else "no proposal is faster within the accuracy budget; stopping")
             if pick is None:
                 break
             ratios, current = proposals[pick], results[pick]
-        OmegaConf.save(OmegaConf.create({"start": self.start, "step": self.step, "min_share": self.min_share,
+        OmegaConf.save(OmegaConf.create({"start": self.start, "step": self.step, "min_share": self.min_share, "max_drop_pts": self.max_drop_pts,
                                          "val_accuracy_floor": floor, "iterations": history, "final": ratios}),
                        sweep_dir / "greedy_results.yaml")
         log.info("greedy: %d trials; final stage ratios %s (%s)", launched, ratios, sweep_dir / "greedy_results.yaml")
         return history
+
+    def _side_by_side(self, current: dict, results: dict[str, dict | None], sweep_dir: Path) -> str:
+        """Put the speed-ups of the current model and the proposals, timed together in this process
+        (``lpr_sweep.final``, on their logged MLflow Models), in place of each trial's own; a trial
+        timed in its own process minutes apart moves by 10 % and more with the host. Returns how
+        they were timed; when the final cannot run, the trials' own speed-ups stay and it says so."""
+        from lpr_sweep import decision, final
+        from lpr_sweep.tracking import PARENT_FILE, TrackingConfig
+
+        todo = {m["run_name"]: m for m in [current, *results.values()] if m is not None}
+        try:
+            cfg = TrackingConfig(**OmegaConf.to_container(self.config.tracking, resolve=True))
+            trials = [t for t in decision.load(cfg, (sweep_dir / PARENT_FILE).read_text().strip()).trials if t.name in todo]
+            if len(trials) != len(todo):
+                raise LookupError(f"found {len(trials)} of the {len(todo)} trials in MLflow")
+            timed, _ = final.run(trials)
+        except Exception as e:  # the decision then rests on the trials' own timings: say so
+            log.warning("greedy: could not time the candidates side by side (%s: %s); using each trial's own speed-up",
+                        type(e).__name__, e)
+            return "each trial's own process"
+        for t in timed:
+            m = todo[t.name]
+            m.setdefault("trial_speedup", m["speedup"])
+            m["speedup"] = t.metrics["speedup"]
+        return "side by side in one process (lpr_sweep.final)"
