@@ -150,14 +150,19 @@ def test_greedy_prunes_more_of_what_a_stage_keeps_and_picks_like_netadapt():
     assert sweeper.shares({"profile_us_block1": 30.0, "profile_us_block3": 10.0, "speedup": 2.0}, ["block1", "block3", "head"]) == {
         "block1": 0.75, "block3": 0.25, "head": 0.0}
     assert sweeper.shares({"speedup": 2.0}, ["block1"]) == {}  # no profile by stage: every stage is proposed
-    current = {"val_accuracy": 0.90, "speedup": 4.0}
-    proposals = {"a": {"val_accuracy": 0.905, "speedup": 3.9},   # more accurate, but not faster: never picked
-                 "b": {"val_accuracy": 0.895, "speedup": 4.5},
-                 "c": {"val_accuracy": 0.898, "speedup": 4.2},   # the most accurate of the faster ones
-                 "d": {"val_accuracy": 0.80, "speedup": 6.0},    # fastest, below the floor
-                 "e": None}                                      # a failed trial
+    def m(acc, low, mid, high):
+        return {"val_accuracy": acc, "speedup_ci_low": low, "speedup": mid, "speedup_ci_high": high, "run_name": "x"}
+
+    current = m(0.90, 3.9, 4.0, 4.1)
+    proposals = {"a": m(0.905, 3.8, 3.9, 4.0),    # more accurate, but not faster: never picked
+                 "b": m(0.895, 4.4, 4.5, 4.6),
+                 "c": m(0.898, 4.3, 4.4, 4.5),    # the most accurate of the faster ones
+                 "d": m(0.80, 5.9, 6.0, 6.1),     # fastest, below the floor
+                 "f": m(0.91, 4.05, 4.15, 4.25),  # faster by 3.75 %: within the practical margin, so not faster
+                 "g": m(0.91, 4.0, 4.3, 4.6),     # 7.5 % faster, but its interval overlaps: noise
+                 "e": None}                       # a failed trial
     assert sweeper.choose(current, proposals, floor=0.895) == "c"
-    assert sweeper.choose(current, {k: proposals[k] for k in "ade"}, floor=0.895) is None
+    assert sweeper.choose(current, {k: proposals[k] for k in "adefg"}, floor=0.895) is None
 
 
 def test_netadapt_composes_the_greedy_sweeper_and_refuses_the_list_sweeper_in_one_line():
@@ -190,8 +195,9 @@ def test_greedy_sweep_starts_proposes_and_keeps_its_pick(tmp_path, tiny_root, st
     (it,) = results["iterations"]
     assert set(it["proposals"]) == {"block3=0.75", "head=0.75"} and results["start"] == {"block3": 0.5, "head": 0.5}
     assert it["timing"].startswith("side by side")  # the candidates re-timed together, each trial's own speed-up kept beside
-    assert all(m["trial_speedup"] == pytest.approx(by_name[f"greedy 1 {p}"].data.metrics["speedup"], abs=1e-4)  # MLflow keeps 4 decimals
+    assert all(m["trial_speedup"] == pytest.approx(by_name[f"greedy 1 {p}"].data.metrics["speedup"], abs=1e-4)  # MLflow: 4 decimals
                for p, m in it["proposals"].items())
-    faster = {p: m for p, m in it["proposals"].items() if m["speedup"] > it["current_speedup"]}  # the floor is off (100 pts)
-    assert it["picked"] == (max(faster, key=lambda p: (faster[p]["val_accuracy"], faster[p]["speedup"])) if faster else None)
+    cur = it["current_speedup"]  # [point, 2.5 %, 97.5 %] from the side-by-side timing; the floor is off (100 pts)
+    faster = {p: m for p, m in it["proposals"].items() if m["speedup"][1] > cur[2] and m["speedup"][0] > cur[0] * 1.05}
+    assert it["picked"] == (max(faster, key=lambda p: (faster[p]["val_accuracy"], faster[p]["speedup"][0])) if faster else None)
     assert results["final"] == ({"block3": 0.5, "head": 0.5} if it["picked"] is None else {**results["start"], it["picked"].split("=")[0]: 0.75})

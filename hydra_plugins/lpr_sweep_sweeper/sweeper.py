@@ -183,6 +183,9 @@ class OptunaSweeper(Sweeper):
             return None
 
 
+SPEED = ("speedup", "speedup_ci_low", "speedup_ci_high")
+
+
 def prune_more(ratio: float, step: float) -> float:
     """The ratio after pruning ``step`` of what a stage still keeps (0.9 and 0.2: 0.92), below 0.99."""
     return round(min(ratio + step * (1.0 - ratio), 0.99), 4)
@@ -196,9 +199,15 @@ def shares(metrics: dict[str, float], stages: Sequence[str]) -> dict[str, float]
 
 
 def choose(current: dict[str, float], proposals: dict[str, dict[str, float] | None], floor: float) -> str | None:
-    """NetAdapt's pick: among the proposals that are faster than ``current`` and keep validation
-    accuracy at or above ``floor``, the most accurate (then the fastest); None when none qualifies."""
-    ok = {s: m for s, m in proposals.items() if m and m["speedup"] > current["speedup"] and m["val_accuracy"] >= floor}
+    """NetAdapt's pick: among the proposals that are faster than ``current`` as the report judges it
+    (``selection.faster``: beyond the intervals and by more than ``selection.MIN_GAIN``) and keep
+    validation accuracy at or above ``floor``, the most accurate (then the fastest); None when none qualifies."""
+    from lpr_sweep.selection import Trial, faster
+
+    def trial(m: dict) -> Trial:
+        return Trial("", "", "FINISHED", {k: v for k, v in m.items() if isinstance(v, (int, float))})
+
+    ok = {s: m for s, m in proposals.items() if m and faster(trial(m), trial(current)) and m["val_accuracy"] >= floor}
     return max(ok, key=lambda s: (ok[s]["val_accuracy"], ok[s]["speedup"])) if ok else None
 
 
@@ -250,8 +259,16 @@ class GreedySweeper(Sweeper):
         current = self._launch({"start": ratios}, fixed, 0, "greedy 0")["start"]
         if current is None:
             raise RuntimeError(f"greedy: the start trial failed ({self.last_error}); nothing to improve on")
+        if "val_accuracy" not in current:
+            raise RuntimeError("greedy: the start trial has no val_accuracy: the greedy decides on validation plates; set data.val_size > 0")
         floor = current["val_accuracy"] - self.max_drop_pts / 100
         history, launched = [], 1
+
+        def save(final: dict[str, float]) -> None:  # after every iteration: an interrupted greedy keeps its steps
+            OmegaConf.save(OmegaConf.create({"start": self.start, "step": self.step, "min_share": self.min_share,
+                                             "max_drop_pts": self.max_drop_pts, "val_accuracy_floor": floor, "iterations": history,
+                                             "final": final}), sweep_dir / "greedy_results.yaml")
+
         for it in range(1, self.iterations + 1):
             share = shares(current, list(ratios))
             stages = [s for s in ratios if ratios[s] < 0.99 and (not share or share[s] >= self.min_share)]
@@ -261,16 +278,16 @@ class GreedySweeper(Sweeper):
             timing = self._side_by_side(current, results, sweep_dir)
             pick = choose(current, results, floor)
             history.append({"iteration": it, "from": dict(ratios), "conv_time_share": {s: round(v, 3) for s, v in share.items()},
-                            "timing": timing, "current_speedup": current["speedup"],
-                            "proposals": {p: None if m is None else {k: m[k] for k in ("val_accuracy", "speedup", "trial_speedup") if k in m}
+                            "timing": timing, "current_speedup": [current[k] for k in SPEED],
+                            "proposals": {p: None if m is None else {"val_accuracy": m["val_accuracy"], "speedup": [m[k] for k in SPEED],
+                                                                     "trial_speedup": m.get("trial_speedup", m["speedup"])}
                                           for p, m in results.items()}, "picked": pick})
             log.info("greedy %d: %s", it, f"picked {pick}" if pick else "no proposal is faster within the accuracy budget; stopping")
+            if pick is not None:
+                ratios, current = proposals[pick], results[pick]
+            save(ratios)
             if pick is None:
                 break
-            ratios, current = proposals[pick], results[pick]
-        OmegaConf.save(OmegaConf.create({"start": self.start, "step": self.step, "min_share": self.min_share, "max_drop_pts": self.max_drop_pts,
-                                         "val_accuracy_floor": floor, "iterations": history, "final": ratios}),
-                       sweep_dir / "greedy_results.yaml")
         log.info("greedy: %d trials; final stage ratios %s (%s)", launched, ratios, sweep_dir / "greedy_results.yaml")
         return history
 
@@ -296,5 +313,5 @@ class GreedySweeper(Sweeper):
         for t in timed:
             m = todo[t.name]
             m.setdefault("trial_speedup", m["speedup"])
-            m["speedup"] = t.metrics["speedup"]
+            m.update({k: t.metrics[k] for k in final.FINAL_KEYS if k in t.metrics})
         return "side by side in one process (lpr_sweep.final)"
