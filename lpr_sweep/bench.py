@@ -75,6 +75,10 @@ ROWS = {  # row name -> overrides on the default config
     "OpenVINO int8 (nncf), structured per-stage + kd (stage_search's pick)": [
         "optimization=prune_structured_kd_quant", "prune.stages.block1=0.3587333672627762", "prune.stages.block2=0.9203314116755277",
         "prune.stages.block3=0.9138610465103167", "prune.stages.head=0.9295807528416108", "prune.stages.classifier=0.8524426740567261"],
+    # the netadapt greedy's pick on the AMD EPYC (docs/results/netadapt-amd-epyc-avx512.md): block3 pruned a fifth further
+    "OpenVINO int8 (nncf), structured per-stage + kd (netadapt's pick)": [
+        "optimization=prune_structured_kd_quant", "prune.stages.block1=0.3", "prune.stages.block2=0.87",
+        "prune.stages.block3=0.9632", "prune.stages.head=0.961", "prune.stages.classifier=0.938"],
     "OpenVINO int8 (nncf), structured global 0.9 + kd, pools gather": [  # the preset slices them
         "optimization=prune_structured_kd_quant", "prune.slice_pools=false", "prune.split_producers=false"],
     "OpenVINO int8 (nncf), structured global 0.9 + kd, channels and pools padded to 8, pools gather": [
