@@ -50,7 +50,7 @@ class OpenVinoRuntime:
     def __init__(self, model_file: ModelFile, hardware: hw.HardwareConfig, workdir: Path, precision: str = "fp32"):
         self.model_file, self.hardware, self.precision = model_file, hardware, precision
         # A request per batch size, each compiled for that static shape: the exported batch is dynamic,
-        # and OpenVINO's dynamic-shape path cost ~5 % a call at batch 1 here (docs/measured.md, "OpenVINO
+XX (docs/measured.md, "OpenVINO
         # on a static batch"). Batch 1, what latency is timed at, is compiled now.
         self.requests = {1: _compile(model_file, hardware, precision, batch=1).create_infer_request()}
         self.path = model_file.path
@@ -75,7 +75,7 @@ class OpenVinoRuntime:
         request = self.requests[n]
         # The input shares the caller's memory (it is not touched meanwhile); the output buffer is the
         # request's own and is overwritten by the next call, hence the copy. This lean call path (no
-        # dict in, no OVDict out) was ~3 % faster a call than `infer({0: batch})[0]` at batch 1.
+        # dict in, no OVDict out) was ~2 % faster a call than `infer({0: batch})[0]` at batch 1.
         x = np.ascontiguousarray(batch, dtype=np.float32)  # named: the tensor borrows its memory until infer returns
         request.set_input_tensor(ov.Tensor(x, shared_memory=True))
         request.infer()
