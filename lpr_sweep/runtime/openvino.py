@@ -50,7 +50,7 @@ class OpenVinoRuntime:
     def __init__(self, model_file: ModelFile, hardware: hw.HardwareConfig, workdir: Path, precision: str = "fp32"):
         self.model_file, self.hardware, self.precision = model_file, hardware, precision
         # A request per batch size, each compiled for that static shape: the exported batch is dynamic,
-XX (docs/measured.md, "OpenVINO
+        # and OpenVINO's dynamic-shape path cost 5-8 % a call at batch 1 here (docs/measured.md, "OpenVINO
         # on a static batch"). Batch 1, what latency is timed at, is compiled now.
         self.requests = {1: _compile(model_file, hardware, precision, batch=1).create_infer_request()}
         self.path = model_file.path
