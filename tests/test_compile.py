@@ -22,9 +22,12 @@ def test_untuned_prepacked_and_nhwc_builds_match_ort(tiny_onnx, tmp_path):
         assert [p.suffix for p in rt.artifacts] == [".so", ".npz"][: 1 + prepack]
 
 
-def test_an_unparsable_target_is_refused(tiny_onnx, tmp_path):
-    with pytest.raises(ConfigError, match="is not a JSON target"):
+def test_an_unparsable_target_is_refused_and_a_cpu_name_is_taken(tiny_onnx, tmp_path):
+    assert compile.target_of(tvm_cfg(tmp_path, target="znver3"), 2).attrs["mcpu"] == "znver3"  # how make records tunes AVX2
+    with pytest.raises(ConfigError, match="'llvm -mcpu=znver4' is not a CPU LLVM knows; use auto, a name such as znver3"):
         compile.run(tiny_onnx, tvm_cfg(tmp_path, target="llvm -mcpu=znver4"), TVM_HW, tmp_path)
+    with pytest.raises(ConfigError, match="is not a JSON target"):
+        compile.run(tiny_onnx, tvm_cfg(tmp_path, target='{"kind": llvm}'), TVM_HW, tmp_path)
     with pytest.raises(ConfigError, match="TVM cannot parse it"):
         compile.run(tiny_onnx, tvm_cfg(tmp_path, target='{"kind": "no-such-kind"}'), TVM_HW, tmp_path)
 
