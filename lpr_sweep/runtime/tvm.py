@@ -55,7 +55,8 @@ class TvmRuntime:
                 calls: int) -> list[dict]:
         """Per-call times of every function the Relax VM calls (the compiled kernels and the VM's own
         builtins, such as allocations), from its instrument hook: a Python callback before and after
-        each call, which adds about a microsecond to each."""
+        each call. TVM's worker threads can fall asleep in the callback, so the sums run above the
+        call's p50 (docs/measured.md, "TVM records that transfer"): they rank ops, they do not time them."""
         from lpr_sweep import profile
 
         rt = cls(model_file, hardware, workdir)
