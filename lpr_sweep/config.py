@@ -194,6 +194,13 @@ class ValidateSweep(Callback):
                     check_search(config)
                 except ConfigError as e:
                     raise SystemExit(f"error: {e}") from None
+            if sweeper._target_.endswith(".GreedySweeper"):  # its settings, before the sweep's parent run exists
+                from hydra_plugins.lpr_sweep_sweeper.sweeper import GreedySweeper
+
+                try:
+                    GreedySweeper(**{k: v for k, v in OmegaConf.to_container(sweeper, resolve=True).items() if k != "_target_"})
+                except (ValueError, TypeError) as e:
+                    raise SystemExit(f"error: {e}") from None
             return
         from lpr_sweep import DataError, data, hardware
 

@@ -201,3 +201,11 @@ def test_greedy_sweep_starts_proposes_and_keeps_its_pick(tmp_path, tiny_root, st
     faster = {p: m for p, m in it["proposals"].items() if m["speedup"][1] > cur[2] and m["speedup"][0] > cur[0] * 1.05}
     assert it["picked"] == (max(faster, key=lambda p: (faster[p]["val_accuracy"], faster[p]["speedup"][0])) if faster else None)
     assert results["final"] == ({"block3": 0.5, "head": 0.5} if it["picked"] is None else {**results["start"], it["picked"].split("=")[0]: 0.75})
+
+
+def test_a_bad_greedy_setting_fails_in_one_line_before_any_record(tmp_path, tiny_root, store):
+    done = _run(tmp_path, tiny_root, store, "+experiment=netadapt", "hydra/sweeper=greedy", "+hydra.sweeper.start.blok3=0.5")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == ("error: hydra.sweeper.start names ['blok3'], not stages of LPRNet; "
+                                                    "use stem, block1, block2, block3, head, classifier, container")
+    assert not sweep_runs(store)[1]  # no parent run left behind
