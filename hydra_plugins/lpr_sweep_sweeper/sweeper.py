@@ -279,7 +279,9 @@ class GreedySweeper(Sweeper):
             pick = choose(current, results, floor)
             history.append({"iteration": it, "from": dict(ratios), "conv_time_share": {s: round(v, 3) for s, v in share.items()},
                             "timing": timing, "current_speedup": [current[k] for k in SPEED],
+                            "current_noisy": bool(current.get("bench_noisy", 0)),
                             "proposals": {p: None if m is None else {"val_accuracy": m["val_accuracy"], "speedup": [m[k] for k in SPEED],
+                                                                     "noisy": bool(m.get("bench_noisy", 0)),
                                                                      "trial_speedup": m.get("trial_speedup", m["speedup"])}
                                           for p, m in results.items()}, "picked": pick})
             log.info("greedy %d: %s", it, f"picked {pick}" if pick else "no proposal is faster within the accuracy budget; stopping")
