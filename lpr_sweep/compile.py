@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lpr_sweep import ConfigError, tune
+from lpr_sweep import ConfigError, builder, tune
 from lpr_sweep import hardware as hw
 from lpr_sweep.model import INPUT_HW
 from lpr_sweep.model_file import ModelFile
@@ -119,7 +119,7 @@ def graph(onnx_path: Path, target, prepack: bool, layout: str):
     # TVM's ONNX importer turns QDQ pairs into quantize/dequantize around fp32 ops: an int8 QDQ graph
     # runs, but without int8 kernels. The metric says so in the run.
     qdq = "R.dequantize" in mod.script(show_meta=False)
-    with tune.fast_tvmscript_import():
+    with builder.fast_tvmscript_import():
         import tvm.s_tir.tensor_intrin  # noqa: F401  (tuning and applying a database import it)
     return _fused(mod, target, prepack, layout), params, qdq
 

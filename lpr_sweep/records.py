@@ -8,18 +8,21 @@ version and budget; no target) and the ISA family whose vector instructions the 
 ``nearest`` picks the file a target uses: ``exact`` when it was tuned for this very target on a
 CPU that LLVM names like this one (its times stand), else ``transferred``: the nearest file of the
 same ISA family, whose schedules the compile stage re-measures here before it trusts them
-(``tune.transfer``). ``ship`` (``python -m lpr_sweep.records ship CACHE_DIR``, run by ``make
+(``transfer``). ``ship`` (``python -m lpr_sweep.records ship CACHE_DIR``, run by ``make
 records``) writes the files from tuned databases.
 """
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from lpr_sweep import ConfigError, cache
+from lpr_sweep import ConfigError, builder, cache
 
 log = logging.getLogger(__name__)
 TARGET_FILE = "target.json"  # beside every tuning database: the target it was tuned for
@@ -100,6 +103,61 @@ def materialize(records: Path, fused, target, work: Path) -> list[str]:
         raise ConfigError(f"{records} is not a tuning records file ({str(e).splitlines()[0][:120]}); "
                           "regenerate it with `make records` or set compile.records=none") from None
     return missing
+
+
+def transfer(shipped: Path, fused, target, cfg: Any, work: Path, threads: int) -> tuple[list[str], dict[str, float]]:
+    """Re-measure ``shipped``'s schedules (another CPU's) on this one and commit them into ``work``
+    with this target and the times measured here; return the tasks left to tune (no record, or a
+    schedule that no longer builds or runs) and the metrics.
+
+    A schedule is a program transformation, not machine code, so another CPU's schedules of the same
+    ISA family build here; their speed here is what this CPU measures, never the file's figure."""
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    t0 = time.perf_counter()
+    staged = work / "shipped"
+    missing = materialize(shipped, fused, target, staged)
+    source, database = ms.database.JSONDatabase(work_dir=str(staged)), ms.database.JSONDatabase(work_dir=str(work))
+    by_workload = {r.workload.as_json()[0]: r for r in source.get_all_tuning_records()}
+    todo = []  # (task, workload, schedule with the shipped trace applied, args_info) to measure here
+    for task in ms.relax_integration.extract_tasks(fused, target):
+        if task.task_name in missing:
+            continue
+        workload = database.commit_workload(task.dispatched[0])
+        shipped_record = by_workload[workload.as_json()[0]]
+        if min(float(t) for t in shipped_record.run_secs) >= FAILED_SECS:
+            # unmeasurable where it was tuned (a `take` of random indices): TVM runs its default schedule
+            database.commit_tuning_record(ms.database.TuningRecord(shipped_record.trace, workload, shipped_record.run_secs, target,
+                                                                   shipped_record.args_info))
+            continue
+        sch = Schedule(task.dispatched[0])
+        shipped_record.trace.apply_to_schedule(sch, remove_postproc=False)
+        todo.append((task, workload, sch, ms.arg_info.TensorInfo.from_prim_func(sch.mod["main"])))
+    pool = builder.progress(cfg, threads, len(todo))
+    try:
+        built = pool.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch, _ in todo])
+    finally:
+        pool.close()
+    runner = ms.runner.LocalRunner()
+    for (task, workload, sch, args_info), b in zip(todo, built):
+        secs = None
+        if b.error_msg is None:
+            result = runner.run([ms.runner.RunnerInput(b.artifact_path, device_type="cpu", args_info=args_info)])[0].result()
+            secs = None if result.error_msg else [float(t) for t in result.run_secs]
+            if result.error_msg:
+                log.warning("tune: %s", str(result.error_msg).strip().splitlines()[-1][:300])
+            shutil.rmtree(Path(b.artifact_path).parent, ignore_errors=True)
+        if secs is None or min(secs) >= FAILED_SECS:
+            log.warning("tune: the shipped schedule of %s does not %s here; tuning it", task.task_name, "build" if b.error_msg else "run")
+            missing.append(task.task_name)
+            continue
+        database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, target, args_info))
+    shutil.rmtree(staged, ignore_errors=True)
+    log.info("tune: re-measured %d shipped schedules from %s on this CPU in %.0f s; %d tasks left to tune",
+             len(todo), shipped.name, time.perf_counter() - t0, len(missing))
+    return missing, {"tune_tasks_transferred": len(todo) - len([t for t, *_ in todo if t.task_name in missing]),
+                     "tune_transfer_seconds": time.perf_counter() - t0}
 
 
 def ship(database: Path, out: Path) -> Path:

@@ -10,10 +10,10 @@ for this target on this CPU (``exact``), else re-measured here first (``transfer
 tasks they do not cover are tuned. A database is never applied to a target other than the one it
 was built for.
 
-Three traps of this TVM (docs/measured.md, "TVM") are handled here: builder workers spend ~40 s
-importing TVM's tensor intrinsics (this module makes it ~6 s and keeps one worker pool for the whole
-run), a tuning run in which no candidate built raises with the builder's message instead of
-silently measuring nothing, and MetaSchedule's log files outlive the run (``_close_log_files``).
+Two traps of this TVM (docs/measured.md, "TVM") are handled here: a tuning run in which no
+candidate built raises with the builder's message instead of silently measuring nothing, and
+MetaSchedule's log files outlive the run (``_close_log_files``). The builder's own (a ~40 s import
+per worker) is ``lpr_sweep.builder``'s.
 """
 from __future__ import annotations
 
@@ -31,13 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from lpr_sweep import ConfigError, cache, records
+from lpr_sweep import ConfigError, builder, cache, records
 from lpr_sweep.records import TARGET_FILE
 
 log = logging.getLogger(__name__)
 # The functions take compile.CompileConfig as `cfg`; annotated Any, since compile imports this module.
 CompileConfig = Any
-RECYCLE_AFTER = 64  # builds per builder worker before it is restarted
 
 
 def _key(fused, cfg: CompileConfig, *more: str) -> str:
@@ -67,36 +66,6 @@ def cache_root(cfg: CompileConfig) -> Path:
 
 
 @contextlib.contextmanager
-def fast_tvmscript_import():
-    """Let ``import tvm.s_tir.tensor_intrin`` take ~6 s instead of ~40 s (measured here).
-
-    Its ~250 TVMScript functions each call ``inspect.stack()``, which asks ``inspect.getmodule`` for
-    every frame; for the import machinery's frames ("<frozen importlib._bootstrap>") no module ever
-    matches, so each call scans all of ``sys.modules``. Answering None for such pseudo-files at once
-    is what the scan would conclude anyway. Both the tuning process and every builder worker import it.
-    """
-    import inspect
-
-    original = inspect.getmodule
-
-    def getmodule(obj, _filename=None):
-        if _filename is not None and _filename.startswith("<"):
-            return None
-        return original(obj, _filename)
-
-    inspect.getmodule = getmodule
-    try:
-        yield
-    finally:
-        inspect.getmodule = original
-
-
-def _builder_worker_init():
-    with fast_tvmscript_import():
-        import tvm.s_tir.tensor_intrin  # noqa: F401  (each build needs it; import it once per worker)
-
-
-@contextlib.contextmanager
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
@@ -105,61 +74,6 @@ def _locked(path: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _progress_builder(cfg: CompileConfig, threads: int, budget: int):
-    """A MetaSchedule builder with a persistent worker pool that logs progress and keeps build errors.
-
-    TVM's LocalBuilder starts a fresh pool for every batch, and each worker's first build imports
-    TVM's tensor intrinsics (~40 s here): most of a default tuning run was that start-up. This pool
-    lives for the whole run and its workers import them the fast way; a worker is recycled after
-    ``RECYCLE_AFTER`` builds, which bounds the memory leak TVM restarts its pool for.
-    """
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
-    from tvm.s_tir.meta_schedule.builder.local_builder import (
-        _serialize_params,
-        _worker_func,
-    )
-    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
-
-    batches = -(-budget // cfg.trials_per_iter)
-
-    @derived_object
-    class ProgressBuilder(PyBuilder):
-        def __init__(self):
-            super().__init__()
-            self.pool = PopenPoolExecutor(max_workers=threads, timeout=cfg.builder_timeout_s,
-                                          maximum_process_uses=RECYCLE_AFTER, initializer=_builder_worker_init)
-            self.t0, self.batches, self.done, self.built, self.errors, self.dead_batches = time.perf_counter(), 0, 0, 0, [], 0
-
-        def build(self, build_inputs):
-            if not build_inputs:  # a task whose design space is spent: MetaSchedule asks again until it gives up
-                return []
-            jobs = [(None, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
-            results = []
-            for r in self.pool.map_with_error_catching(lambda job: _worker_func(*job), jobs):
-                if r.status == StatusKind.COMPLETE:
-                    results.append(BuilderResult(r.value, None))
-                elif r.status == StatusKind.TIMEOUT:
-                    results.append(BuilderResult(None, f"LocalBuilder: Timeout, killed after {cfg.builder_timeout_s} seconds"))
-                else:
-                    results.append(BuilderResult(None, f"LocalBuilder: An exception occurred\n{r.value}"))
-            ok = sum(r.error_msg is None for r in results)
-            self.batches, self.done, self.built = self.batches + 1, self.done + len(results), self.built + ok
-            if results and not ok:
-                self.dead_batches += 1
-                self.errors.append(str(results[0].error_msg).strip().splitlines()[-1])
-                log.error("tune: all %d candidates of batch %d failed to build: %s", len(results), self.batches, self.errors[-1])
-            elapsed = time.perf_counter() - self.t0
-            log.info("tune: batch %d/~%d, %d/%d trials (%d built), %.0f s elapsed, ~%.0f s left", self.batches, batches,
-                     self.done, budget, self.built, elapsed, elapsed / self.done * max(budget - self.done, 0))
-            return results
-
-        def close(self):
-            self.pool.shutdown()
-
-    return ProgressBuilder()
 
 
 def search(fused, target, cfg: CompileConfig, work_dir: Path, threads: int, only: list[str] | None = None) -> dict[str, float]:
@@ -174,7 +88,7 @@ def search(fused, target, cfg: CompileConfig, work_dir: Path, threads: int, only
     budget = min(cfg.total_trials, sum(n * len(group) for n, group in groups.items()))
     log.info("tune: %d of %d tasks (%s), budget %d trials (%s)", len(chosen), len(tasks), ", ".join(cfg.tasks) or "all",
              budget, ", ".join(f"{len(group)} tasks x {n}" for n, group in sorted(groups.items(), reverse=True)))
-    progress = _progress_builder(cfg, threads, budget)
+    progress = builder.progress(cfg, threads, budget)
     database = ms.database.JSONDatabase(work_dir=str(work_dir))
     runner = ms.runner.LocalRunner()
     t0 = time.perf_counter()
@@ -189,7 +103,7 @@ def search(fused, target, cfg: CompileConfig, work_dir: Path, threads: int, only
     finally:
         progress.close()
         _close_log_files(work_dir)
-    valid = [r for r in database.get_all_tuning_records() if r.run_secs and np.isfinite(float(r.run_secs[0])) and float(r.run_secs[0]) < 1e9]
+    valid = [r for r in database.get_all_tuning_records() if r.run_secs and np.isfinite(float(r.run_secs[0])) and float(r.run_secs[0]) < records.FAILED_SECS]
     if progress.done and not valid:
         raise RuntimeError(
             f"TVM tuning measured nothing: {progress.done} candidates, {progress.built} built, none ran; "
@@ -198,61 +112,6 @@ def search(fused, target, cfg: CompileConfig, work_dir: Path, threads: int, only
         )
     return {"tune_trials_run": progress.done, "tune_seconds": time.perf_counter() - t0,
             "tune_tasks": len(chosen), "tune_tasks_total": len(tasks), "tune_failed_batches": progress.dead_batches}
-
-
-def transfer(shipped: Path, fused, target, cfg: CompileConfig, work: Path, threads: int) -> tuple[list[str], dict[str, float]]:
-    """Re-measure ``shipped``'s schedules (another CPU's) on this one and commit them into ``work``
-    with this target and the times measured here; return the tasks left to tune (no record, or a
-    schedule that no longer builds or runs) and the metrics.
-
-    A schedule is a program transformation, not machine code, so another CPU's schedules of the same
-    ISA family build here; their speed here is what this CPU measures, never the file's figure."""
-    from tvm.s_tir import Schedule
-    from tvm.s_tir import meta_schedule as ms
-
-    t0 = time.perf_counter()
-    staged = work / "shipped"
-    missing = records.materialize(shipped, fused, target, staged)
-    source, database = ms.database.JSONDatabase(work_dir=str(staged)), ms.database.JSONDatabase(work_dir=str(work))
-    by_workload = {r.workload.as_json()[0]: r for r in source.get_all_tuning_records()}
-    todo = []  # (task, workload, schedule with the shipped trace applied, args_info) to measure here
-    for task in ms.relax_integration.extract_tasks(fused, target):
-        if task.task_name in missing:
-            continue
-        workload = database.commit_workload(task.dispatched[0])
-        shipped_record = by_workload[workload.as_json()[0]]
-        if min(float(t) for t in shipped_record.run_secs) >= records.FAILED_SECS:
-            # unmeasurable where it was tuned (a `take` of random indices): TVM runs its default schedule
-            database.commit_tuning_record(ms.database.TuningRecord(shipped_record.trace, workload, shipped_record.run_secs, target,
-                                                                   shipped_record.args_info))
-            continue
-        sch = Schedule(task.dispatched[0])
-        shipped_record.trace.apply_to_schedule(sch, remove_postproc=False)
-        todo.append((task, workload, sch, ms.arg_info.TensorInfo.from_prim_func(sch.mod["main"])))
-    builder = _progress_builder(cfg, threads, len(todo))
-    try:
-        built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch, _ in todo])
-    finally:
-        builder.close()
-    runner = ms.runner.LocalRunner()
-    for (task, workload, sch, args_info), b in zip(todo, built):
-        secs = None
-        if b.error_msg is None:
-            result = runner.run([ms.runner.RunnerInput(b.artifact_path, device_type="cpu", args_info=args_info)])[0].result()
-            secs = None if result.error_msg else [float(t) for t in result.run_secs]
-            if result.error_msg:
-                log.warning("tune: %s", str(result.error_msg).strip().splitlines()[-1][:300])
-            shutil.rmtree(Path(b.artifact_path).parent, ignore_errors=True)
-        if secs is None or min(secs) >= records.FAILED_SECS:
-            log.warning("tune: the shipped schedule of %s does not %s here; tuning it", task.task_name, "build" if b.error_msg else "run")
-            missing.append(task.task_name)
-            continue
-        database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, target, args_info))
-    shutil.rmtree(staged, ignore_errors=True)
-    log.info("tune: re-measured %d shipped schedules from %s on this CPU in %.0f s; %d tasks left to tune",
-             len(todo), shipped.name, time.perf_counter() - t0, len(missing))
-    return missing, {"tune_tasks_transferred": len(todo) - len([t for t, *_ in todo if t.task_name in missing]),
-                     "tune_transfer_seconds": time.perf_counter() - t0}
 
 
 def _close_log_files(work_dir: Path) -> None:
@@ -318,7 +177,7 @@ def _build(fused, target, cfg: CompileConfig, work: Path, threads: int) -> dict[
         log.info("tune: seeded the database from shipped records %s (tuned for this target on this CPU)", found[0].name)
     else:
         source = "transferred"
-        missing, transferred = transfer(found[0], fused, target, cfg, work, threads)
+        missing, transferred = records.transfer(found[0], fused, target, cfg, work, threads)
         stats.update(transferred)
     if missing is None or missing:
         stats.update(search(fused, target, cfg, work, threads, only=missing))
