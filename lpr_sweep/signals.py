@@ -3,23 +3,46 @@
 Some libraries swallow a KeyboardInterrupt raised inside their callbacks (Python prints and drops an
 exception raised in a weakref callback), so the signal is also remembered and checked again after
 every stage and before every trial.
+
+A signal that lands while MLflow's store (SQLAlchemy over SQLite) is inside a write waits for the write
+to end: unwound mid-transaction, the write's connection still held SQLite's lock while the sweep closed
+its runs KILLED, which then met "database is locked" (and a traceback in the user's log).
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
 
 _interrupted: list[str] = []  # the signal, once one arrived
+_raised: list[bool] = []  # once its KeyboardInterrupt was raised
+RETRY_S = 0.05  # how soon a deferred signal looks again whether the store's write is over
+_STORE_CODE = (f"{os.sep}sqlalchemy{os.sep}", f"{os.sep}mlflow{os.sep}store{os.sep}")
+
+
+def _in_store(frame: Any) -> bool:
+    while frame is not None:
+        if any(part in frame.f_code.co_filename for part in _STORE_CODE):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    first = not _interrupted
-    _interrupted.append(signal.Signals(signum).name)
-    # Only the first signal unwinds: a second one 10 ms later would land inside the handler that is
-    # recording the first, and leave the run for MLflow's exit hook to close as FINISHED.
-    if first:
-        raise KeyboardInterrupt(f"signal {_interrupted[0]}")
+    if signum != signal.SIGALRM:
+        # Only the first signal unwinds: a second one 10 ms later would land inside the handler that is
+        # recording the first, and leave the run for MLflow's exit hook to close as FINISHED.
+        if _interrupted:
+            return
+        _interrupted.append(signal.Signals(signum).name)
+    if _raised or not _interrupted:
+        return
+    if _in_store(frame):
+        signal.setitimer(signal.ITIMER_REAL, RETRY_S)  # SIGALRM brings us back here
+        return
+    _raised.append(True)
+    raise KeyboardInterrupt(f"signal {_interrupted[0]}")
 
 
 def _unraisable(info: Any, default=sys.unraisablehook) -> None:
@@ -32,8 +55,8 @@ def _unraisable(info: Any, default=sys.unraisablehook) -> None:
 
 def handle_interrupts() -> None:
     """Let SIGTERM unwind like Ctrl-C, so runs get marked KILLED instead of staying RUNNING."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+        signal.signal(signum, _interrupt)
     sys.unraisablehook = _unraisable
 
 

@@ -31,3 +31,38 @@ def test_a_signal_swallowed_by_a_callback_is_raised_again_without_a_traceback():
     assert done.stdout.splitlines() == ["received SIGTERM", "raised again: signal SIGTERM"], done.stdout + done.stderr
     assert "KeyboardInterrupt" not in done.stderr
     assert "ValueError: not ours" in done.stderr  # anything else unraisable is still shown
+
+
+STORE_SCRIPT = """
+import os, signal, time
+from lpr_sweep import signals
+signals.handle_interrupts()
+# A function whose code says it is SQLAlchemy's, as a write inside MLflow's store would be.
+store = {}
+exec(compile('''
+def write():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.3)  # the signal arrives here, mid-write
+    print("write finished", flush=True)
+''', os.path.join(os.sep, "site-packages", "sqlalchemy", "orm", "session.py"), "exec"), {"os": os, "signal": signal, "time": time, "print": print}, store)
+try:
+    store["write"]()
+    print("after the write", flush=True)
+    time.sleep(2)
+    print("never", flush=True)
+except KeyboardInterrupt as e:
+    print("raised:", e, flush=True)
+try:
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGTERM)  # a second signal does not unwind again
+    time.sleep(0.3)
+    print("second ignored", flush=True)
+except KeyboardInterrupt:
+    print("raised twice", flush=True)
+"""
+
+
+def test_a_signal_during_a_store_write_waits_for_the_write_to_end():
+    done = subprocess.run([sys.executable, "-c", STORE_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["write finished", "after the write", "raised: signal SIGTERM", "second ignored"], (
+        done.stdout + done.stderr)

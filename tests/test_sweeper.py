@@ -150,19 +150,23 @@ def test_greedy_prunes_more_of_what_a_stage_keeps_and_picks_like_netadapt():
     assert sweeper.shares({"profile_us_block1": 30.0, "profile_us_block3": 10.0, "speedup": 2.0}, ["block1", "block3", "head"]) == {
         "block1": 0.75, "block3": 0.25, "head": 0.0}
     assert sweeper.shares({"speedup": 2.0}, ["block1"]) == {}  # no profile by stage: every stage is proposed
-    def m(acc, low, mid, high):
-        return {"val_accuracy": acc, "speedup_ci_low": low, "speedup": mid, "speedup_ci_high": high, "run_name": "x"}
+    def m(acc, low, mid, high, drop_high=1.0):
+        return {"val_accuracy": acc, "speedup_ci_low": low, "speedup": mid, "speedup_ci_high": high, "run_name": "x",
+                "val_drop_pts": 100 * (0.9 - acc), "val_drop_pts_ci_high": drop_high, "size_file_bytes": 1000}
 
     current = m(0.90, 3.9, 4.0, 4.1)
     proposals = {"a": m(0.905, 3.8, 3.9, 4.0),    # more accurate, but not faster: never picked
                  "b": m(0.895, 4.4, 4.5, 4.6),
-                 "c": m(0.898, 4.3, 4.4, 4.5),    # the most accurate of the faster ones
+                 "c": m(0.898, 4.3, 4.4, 4.5),    # the most accurate of the faster ones, by the same pessimistic drop
                  "d": m(0.80, 5.9, 6.0, 6.1),     # fastest, below the floor
                  "f": m(0.91, 4.05, 4.15, 4.25),  # faster by 3.75 %: within the practical margin, so not faster
                  "g": m(0.91, 4.0, 4.3, 4.6),     # 7.5 % faster, but its interval overlaps: noise
                  "e": None}                       # a failed trial
     assert sweeper.choose(current, proposals, floor=0.895) == "c"
     assert sweeper.choose(current, {k: proposals[k] for k in "adefg"}, floor=0.895) is None
+    # One plate up on validation does not decide: c scored higher, but b's drop interval ends lower.
+    steadier = {**proposals, "b": m(0.895, 4.4, 4.5, 4.6, drop_high=0.5), "c": m(0.898, 4.3, 4.4, 4.5, drop_high=2.0)}
+    assert sweeper.choose(current, steadier, floor=0.895) == "b"
 
 
 def test_netadapt_composes_the_greedy_sweeper_and_refuses_the_list_sweeper_in_one_line():

@@ -12,8 +12,9 @@
   ratios (``+experiment=netadapt``): from a start, each iteration proposes pruning more of every
   stage whose convolutions hold a real share of the current model's profiled time, runs the
   proposals as trials, times the current model and the proposals side by side in one process (the
-  report's final, on their logged MLflow Models), and keeps the one with the best validation
-  accuracy among those that are faster and within the accuracy budget; it stops when none is.
+  report's final, on their logged MLflow Models), and keeps, among those that are faster and within
+  the accuracy budget, the best by the report's tie order (validation accuracy judged by the
+  pessimistic end of its drop interval); it stops when none is.
 """
 from __future__ import annotations
 
@@ -201,14 +202,20 @@ def shares(metrics: dict[str, float], stages: Sequence[str]) -> dict[str, float]
 def choose(current: dict[str, float], proposals: dict[str, dict[str, float] | None], floor: float) -> str | None:
     """NetAdapt's pick: among the proposals that are faster than ``current`` as the report judges it
     (``selection.faster``: beyond the intervals and by more than ``selection.MIN_GAIN``) and keep
-    validation accuracy at or above ``floor``, the most accurate (then the fastest); None when none qualifies."""
-    from lpr_sweep.selection import Trial, faster
+    validation accuracy at or above ``floor``, the best by the report's tie order (``selection.better``:
+    the pessimistic end of the validation drop's interval first, so one plate of 200 does not decide);
+    None when none qualifies."""
+    from lpr_sweep.selection import Trial, better, faster
 
-    def trial(m: dict) -> Trial:
-        return Trial("", "", "FINISHED", {k: v for k, v in m.items() if isinstance(v, (int, float))})
+    def trial(name: str, m: dict) -> Trial:
+        return Trial("", name, "FINISHED", {k: v for k, v in m.items() if isinstance(v, (int, float))})
 
-    ok = {s: m for s, m in proposals.items() if m and faster(trial(m), trial(current)) and m["val_accuracy"] >= floor}
-    return max(ok, key=lambda s: (ok[s]["val_accuracy"], ok[s]["speedup"])) if ok else None
+    pick = None
+    for s, m in proposals.items():
+        t = trial(s, m) if m else None
+        if t and faster(t, trial("current", current)) and m["val_accuracy"] >= floor and (pick is None or better(t, pick)):
+            pick = t
+    return pick.name if pick else None
 
 
 class GreedySweeper(Sweeper):
@@ -280,7 +287,9 @@ class GreedySweeper(Sweeper):
             history.append({"iteration": it, "from": dict(ratios), "conv_time_share": {s: round(v, 3) for s, v in share.items()},
                             "timing": timing, "current_speedup": [current[k] for k in SPEED],
                             "current_noisy": bool(current.get("bench_noisy", 0)),
-                            "proposals": {p: None if m is None else {"val_accuracy": m["val_accuracy"], "speedup": [m[k] for k in SPEED],
+                            "proposals": {p: None if m is None else {"val_accuracy": m["val_accuracy"],
+                                                                     "val_drop_pts_ci_high": m.get("val_drop_pts_ci_high"),
+                                                                     "speedup": [m[k] for k in SPEED],
                                                                      "noisy": bool(m.get("bench_noisy", 0)),
                                                                      "trial_speedup": m.get("trial_speedup", m["speedup"])}
                                           for p, m in results.items()}, "picked": pick})
