@@ -13,6 +13,7 @@ BENCH ?=
 # compile.target of each ISA family's records `make records` tunes: auto is this CPU; an AVX-512 host
 # can also tune the AVX2 family's (RECORDS_TARGETS="auto znver3"), since AVX2 code runs on it.
 RECORDS_TARGETS ?= auto
+TORCH_INDEX ?=
 
 .PHONY: help setup data browser sweep results test test-fast bench bench-sweep records ui clean
 
@@ -22,8 +23,10 @@ help: ## list targets
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# The CPU torch build first: anything that asks for plain torch would pull a CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
+	# torch first, pinned: anything that asks for plain torch would pull a newer CUDA build. Where pip
+	# finds no local CPU wheel (this lab keeps one), PyPI's 2.13.0 is a CUDA build of several GB;
+	# TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU build instead.
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 

@@ -5,7 +5,9 @@ dataclass's ``__post_init__`` in ``validate``, before a trial does any work.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.config_store import ConfigStore
@@ -67,11 +69,28 @@ def register() -> None:
 def validate(cfg: DictConfig) -> Config:
     """Typed config with every range checked, or a one-line ConfigError."""
     try:
-        return OmegaConf.to_object(cfg)
+        conf = OmegaConf.to_object(cfg)
     except ConfigError:
         raise
     except OmegaConfBaseException as e:
         raise ConfigError(str(e).splitlines()[0]) from e
+    if unknown := _unknown(conf):
+        raise ConfigError(unknown)
+    return conf
+
+
+def _unknown(obj: Any, prefix: str = "") -> str | None:
+    """The first key that a ``+key=value`` override added but no stage reads, with the nearest known key:
+    Hydra accepts ``+prune.ration=0.5`` (and suggests it for a typo), and the trial would run unpruned."""
+    known = {f.name for f in fields(obj)}
+    for key, value in vars(obj).items():
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean {prefix}{near[0]}?" if near else f"{prefix.rstrip('.') or 'the config'} has {', '.join(sorted(known))}"
+            return f"{prefix}{key} is not a setting ({hint}); fix or drop that override"
+        if is_dataclass(value) and (found := _unknown(value, f"{prefix}{key}.")):
+            return found
+    return None
 
 
 
@@ -168,6 +187,17 @@ def check_search(config: DictConfig) -> None:
                 raise ConfigError(f"search dimension {override.input_line}: {key}={sample} cannot be composed: {reason}")
 
 
+def _writable(folder: str, key: str) -> None:
+    """Create the output folder now, so that a bad one is one line and not Hydra's traceback."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe = Path(folder) / ".lpr_sweep_write_test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"error: {key}={folder} cannot be written ({e.strerror}); point {key} at a writable folder") from None
+
+
 class ValidateSweep(Callback):
     """Compose and validate every job of a multirun before the first one starts, and before the
     sweep's parent run exists (this callback is listed before the MLflow one).
@@ -178,10 +208,14 @@ class ValidateSweep(Callback):
     callback's exception into a warning and goes on.
     """
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _writable(config.hydra.run.dir, "hydra.run.dir")
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra import compose
         from hydra.errors import HydraException
 
+        _writable(config.hydra.sweep.dir, "hydra.sweep.dir")
         sweeper = config.hydra.sweeper
         if sweeper._target_.endswith(".ListSweeper"):
             from hydra_plugins.lpr_sweep_sweeper.sweeper import ListSweeper, search_keys_hint
@@ -202,7 +236,7 @@ class ValidateSweep(Callback):
                 except (ValueError, TypeError) as e:
                     raise SystemExit(f"error: {e}") from None
             return
-        from lpr_sweep import DataError, data, hardware
+        from lpr_sweep import DataError, hardware, pipeline
 
         # Jobs that run here need their device and data here; on Ray or SLURM only the workers' count.
         local = not any(k in str(config.hydra.launcher.get("_target_", "")).lower() for k in ("ray", "submitit"))
@@ -211,7 +245,7 @@ class ValidateSweep(Callback):
                 conf = validate(compose(config.hydra.job.config_name, overrides=overrides))
                 if local:
                     hardware.check(conf.hardware)
-                    data.resolve_root(conf.data.root)
+                    pipeline.preflight(conf)
             except (ConfigError, DataError) as e:
                 raise SystemExit(f"error: job [{' '.join(overrides)}]: {e}") from None
             except (HydraException, OmegaConfBaseException) as e:

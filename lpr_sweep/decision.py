@@ -164,7 +164,8 @@ def _account(champion: Trial, among: list[Trial], rule: Rule) -> str:
             and selection.tied_on_speed(champion, t, rule.min_gain)]
     return (f"{champion.name} (run {champion.run_id}): speed-up {m['speedup']:.2f}x [{m['speedup_ci_low']:.2f}, "
             f"{m['speedup_ci_high']:.2f}], validation accuracy {m['val_accuracy']:.4f}, scored accuracy {m['accuracy']:.4f}"
-            + (f"; tied on speed with {len(tied)} other trial(s), chosen by the tie rule" if tied else ""))
+            + (f"; tied on speed with {', '.join(tied[:3])}{f' and {len(tied) - 3} more' if len(tied) > 3 else ''}, "
+               "chosen by the tie rule" if tied else ""))
 
 
 def choose(sweep: Sweep, rule: Rule) -> tuple[Trial | None, str]:

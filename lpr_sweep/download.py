@@ -68,16 +68,18 @@ def download(dest: Path, base_url: str = UPSTREAM, manifest: Path = MANIFEST, wo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lpr_sweep.download", description=__doc__.splitlines()[0])
-    parser.add_argument("--dest", type=Path, default=data.cache_dir(), help="target folder (default: %(default)s)")
+    parser.add_argument("--dest", type=Path, default=None,
+                        help=f"target folder (default: {data.cache_dir()}); with --check, the folder to verify")
     parser.add_argument("--base-url", default=UPSTREAM, help="mirror of the upstream repository at 7c97666")
     parser.add_argument("--manifest", type=Path, default=MANIFEST, help=argparse.SUPPRESS)
-    parser.add_argument("--check", action="store_true", help="verify the configured data root and exit")
+    parser.add_argument("--check", action="store_true", help="verify --dest, or else the configured data root, and exit")
     args = parser.parse_args(argv)
     try:
         if args.check:
-            root = data.resolve_root(os.environ.get(data.ENV_ROOT))
+            root = data.resolve_root(str(args.dest) if args.dest else os.environ.get(data.ENV_ROOT))
             print(f"data root {root}: {len(data.verify(root))} files match {data.MANIFEST}")
             return 0
+        args.dest = args.dest or data.cache_dir()
         n = download(args.dest, args.base_url, args.manifest)
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -168,7 +168,8 @@ def load(weights: Path, norm: str = "sample") -> LPRNet:
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(
-            f"weights not found: {weights}; run `python -m lpr_sweep.download` or set data.root / LPR_DATA_ROOT"
+            f"weights not found: {weights}; point model.weights at LPRNet's .pth (or data.root / LPR_DATA_ROOT at a data "
+            "root that holds it), or run `python -m lpr_sweep.download`"
         )
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)

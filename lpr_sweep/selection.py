@@ -150,7 +150,7 @@ class Rule:
         return head + (f" with {' and '.join(limits)}" if limits else "") + (
             f"; faster means a 95 % interval wholly above the other's and a point speed-up more than "
             f"{100 * self.min_gain:g} % above it (min_gain={self.min_gain:g}); otherwise tied on speed, and ties go to "
-            "validation accuracy, then file size")
+            "validation accuracy (the pessimistic end of its drop interval, then the point), then file size, then nonzero bytes")
 
     def excess(self, t: Trial) -> dict[str, float]:
         """How far ``t`` is over each limit (<= 0 everywhere: admitted)."""

@@ -103,3 +103,50 @@ def test_mlc_presets_share_shapes_and_differ_only_in_pruning():
     mlc, prune_mlc = (config.validate(compose_cfg([f"optimization={o}"])) for o in ("mlc", "prune_mlc"))
     assert mlc.runtime.name == prune_mlc.runtime.name == "tvm" and mlc.compile == prune_mlc.compile
     assert (mlc.prune.ratio, prune_mlc.prune.ratio) == (0.0, 0.5)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+prune.ration=0.5", r"^prune.ration is not a setting \(did you mean prune.ratio\?\); fix or drop that override$"),
+    ("+data.bogus.x=2", r"^data.bogus is not a setting \(data has calib_size, .*\)"),
+    ("+resum=true", r"^resum is not a setting \(did you mean resume\?\)"),
+])
+def test_a_key_added_with_plus_that_no_stage_reads_is_refused(override, message):
+    # Hydra suggests the + itself for a mistyped key; without this the trial ran with the default.
+    with pytest.raises(ConfigError, match=message):
+        config.validate(compose_cfg([override]))
+    config.validate(compose_cfg(["+experiment=netadapt"]))  # what the shipped groups add is read
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.weights=/nowhere/lprnet.pth", "error: model.weights=/nowhere/lprnet.pth is /nowhere/lprnet.pth, which does not exist; "
+                                          "point model.weights at"),
+    ("data.val_size=5000", "error: data.calib_size=100 + data.val_size=5000 must leave plates to score of the 1000; lower them"),
+    ("compile.target=znver99", "error: compile.target='znver99' is not a CPU LLVM knows"),
+])
+def test_what_a_trial_would_find_too_late_fails_before_any_run(tmp_path, override, message):
+    extra = ["runtime=tvm"] if override.startswith("compile") else []
+    for mode in ([], ["-m"]):  # a single run, and a sweep (before its parent run)
+        done = _cli(tmp_path, *mode, override, *extra)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]  # a sweep's names the job first
+        assert message.removeprefix("error: ") in line, done.stderr[-2000:]
+        assert not (tmp_path / "mlflow.db").exists()  # no run, FAILED or other, was recorded
+
+
+@pytest.mark.parametrize("args", [["hydra.run.dir=/proc/lpr_sweep"], ["-m", "hydra.sweep.dir={file}/sweep"]])
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, args):
+    (tmp_path / "file").write_text("not a folder")
+    done = cli(*[a.format(file=tmp_path / "file") for a in args], f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", timeout=300)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert "cannot be written" in line and "point hydra." in line and "at a writable folder" in line
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_damaged_data_root_fails_before_any_run(tmp_path, tiny_root):
+    (tiny_root / "weights" / "Final_LPRNet_model.pth").write_bytes(b"truncated")
+    done = _cli(tmp_path, "-m", f"data.root={tiny_root}", "prune.ratio=0.1,0.5")
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert "checksum mismatch for" in line and "Final_LPRNet_model.pth" in line and "python -m lpr_sweep.download --dest" in line
+    assert not (tmp_path / "mlflow.db").exists()

@@ -45,3 +45,9 @@ def test_the_gate_moves_the_champion_only_for_a_better_comparable_model():
     assert not faster.promote and faster.incumbent.name == "old"
     gone = decision.decide(sweep, rule, incumbent=("1", None))
     assert not gone.promote and "its trial run is gone from the store" in gone.why
+
+
+def test_the_account_names_the_trials_the_champion_tied_with():
+    a, b, c = _trial("a", 2.0, 0.90), _trial("b", 2.02, 0.895), _trial("c", 3.0, 0.70)  # c fails the rule
+    champion, line = decision.choose(decision.Sweep("p", None, [a, b, c]), Rule("latency", max_drop_pts=1.0))
+    assert champion.name == "a" and line.endswith("; tied on speed with b, chosen by the tie rule"), line

@@ -1,5 +1,6 @@
 import functools
 import http.server
+import shutil
 import threading
 
 import pytest
@@ -61,3 +62,12 @@ def test_check_cli_verifies_the_configured_root(tiny_root, monkeypatch, capsys):
     monkeypatch.setenv(data.ENV_ROOT, str(tiny_root))
     assert download.main(["--check"]) == 0
     assert f"data root {tiny_root}" in capsys.readouterr().out
+
+
+def test_check_verifies_dest_when_given_not_the_configured_root(tiny_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(data.ENV_ROOT, str(tiny_root))  # a good root is configured ...
+    bad = tmp_path / "copy"
+    shutil.copytree(tiny_root, bad)
+    (bad / "weights" / "Final_LPRNet_model.pth").write_bytes(b"truncated")  # ... and --dest names a damaged one
+    assert download.main(["--check", "--dest", str(bad)]) == 1
+    assert "Final_LPRNet_model.pth" in capsys.readouterr().err

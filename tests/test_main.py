@@ -45,13 +45,15 @@ def test_two_way_parallel_sweep_records_six_finished_trials(tmp_path, tiny_root,
 
 @pytest.mark.slow
 def test_failing_trial_is_isolated_in_a_parallel_sweep(tmp_path, tiny_root, store):
+    # a weights file that exists (so the sweep's check before it starts passes) but does not load
+    (tmp_path / "bad.pth").write_bytes(b"truncated")
     done = _sweep(tmp_path, tiny_root, store, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                  "model.weights=weights/Final_LPRNet_model.pth,weights/missing.pth", "prune.ratio=0.1,0.2")
+                  f"model.weights=weights/Final_LPRNet_model.pth,{tmp_path}/bad.pth", "prune.ratio=0.1,0.2")
     assert done.returncode != 0 and "error: 2 trials finished, 2 failed, 0 never recorded" in done.stderr
     (parent,), children = _runs(store)
     assert parent.info.status == "FAILED"
     assert sorted(r.info.status for r in children) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
-    assert all(r.data.tags["error"].startswith("FileNotFoundError") for r in children if r.info.status == "FAILED")
+    assert all(r.data.tags["error"].startswith("DataError: cannot load weights") for r in children if r.info.status == "FAILED")
 
 
 @pytest.mark.slow

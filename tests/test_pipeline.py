@@ -116,15 +116,17 @@ def test_original_protocol_gives_the_published_0_900(tmp_path, store):
 
 
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, store):
-    done = _sweep(tmp_path, store, "prune.ratio=0.2,0.3", "model.weights=weights/Final_LPRNet_model.pth,weights/missing.pth")
+    # a weights file that exists (so the sweep's check before it starts passes) but does not load
+    (tmp_path / "bad.pth").write_bytes(b"truncated")
+    done = _sweep(tmp_path, store, "prune.ratio=0.2,0.3", f"model.weights=weights/Final_LPRNet_model.pth,{tmp_path}/bad.pth")
     assert done.returncode != 0
     assert "error: 2 trials finished, 2 failed, 0 never recorded" in done.stderr
     _, parent, children = _children(store)
     assert parent.info.status == "FAILED"
     status = sorted((r.data.params["model.weights"], r.info.status) for r in children)
-    assert status == [("weights/Final_LPRNet_model.pth", "FINISHED")] * 2 + [("weights/missing.pth", "FAILED")] * 2
+    assert status == [(f"{tmp_path}/bad.pth", "FAILED")] * 2 + [("weights/Final_LPRNet_model.pth", "FINISHED")] * 2
     failed = [r for r in children if r.info.status == "FAILED"]
-    assert all(r.data.tags["error"].startswith("FileNotFoundError: weights not found") for r in failed)
+    assert all(r.data.tags["error"].startswith("DataError: cannot load weights") for r in failed)
 
 
 def test_quant_presets_meet_their_accuracy_targets(tmp_path, store):

@@ -104,7 +104,8 @@ def test_a_point_faster_trial_within_noise_is_not_on_the_front_when_less_accurat
 
 def test_rules_state_themselves():
     assert str(Rule("latency", max_drop_pts=1)).startswith("fastest (paired speed-up) with val_drop_pts <= 1;")
-    assert "ties go to validation accuracy, then file size" in str(Rule("accuracy", min_speedup=2))
+    assert "ties go to validation accuracy (the pessimistic end of its drop interval, then the point), then file size, then nonzero bytes" in str(
+        Rule("accuracy", min_speedup=2))
     with pytest.raises(ValueError, match="objective 'speed' is unknown"):
         Rule("speed")
 

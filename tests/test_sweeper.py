@@ -180,6 +180,10 @@ def test_netadapt_composes_the_greedy_sweeper_and_refuses_the_list_sweeper_in_on
         sweeper.ListSweeper(**{k: v for k, v in alone.hydra.sweeper.items() if k != "_target_"})
     with pytest.raises(ValueError, match=r"names \['blok3'\], not stages of LPRNet"):
         sweeper.GreedySweeper(start={"blok3": 0.5})
+    with pytest.raises(ValueError, match=r"^hydra.sweeper.start gives \{'block3': 1.2\}; every stage's ratio must be in \[0, 1\)$"):
+        sweeper.GreedySweeper(start={"block1": 0.3, "block3": 1.2})
+    with pytest.raises(ValueError, match=r"^hydra.sweeper.step=1.5 must be in \(0, 1\)$"):
+        sweeper.GreedySweeper(start={"block3": 0.9}, step=1.5)
 
 
 @pytest.mark.slow

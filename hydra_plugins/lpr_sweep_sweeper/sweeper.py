@@ -225,10 +225,15 @@ class GreedySweeper(Sweeper):
 
         if unknown := set(start) - set(STAGES):
             raise ValueError(f"hydra.sweeper.start names {sorted(unknown)}, not stages of LPRNet; use {', '.join(STAGES)}")
-        if not start or not all(0.0 <= r < 1.0 for r in start.values()):
-            raise ValueError("hydra.sweeper.start must give at least one stage a ratio in [0, 1)")
-        if not 0.0 < step < 1.0 or iterations < 1 or max_drop_pts < 0 or not 0.0 <= min_share < 1.0:
-            raise ValueError("hydra.sweeper: step must be in (0, 1), iterations >= 1, max_drop_pts >= 0, min_share in [0, 1)")
+        if not start:
+            raise ValueError("hydra.sweeper.start names no stage; give at least one, e.g. +hydra.sweeper.start={block3: 0.9}")
+        if bad := {s: r for s, r in start.items() if not 0.0 <= r < 1.0}:
+            raise ValueError(f"hydra.sweeper.start gives {bad}; every stage's ratio must be in [0, 1)")
+        for key, value, ok, rule in (("step", step, 0.0 < step < 1.0, "in (0, 1)"), ("iterations", iterations, iterations >= 1, ">= 1"),
+                                     ("max_drop_pts", max_drop_pts, max_drop_pts >= 0, ">= 0"),
+                                     ("min_share", min_share, 0.0 <= min_share < 1.0, "in [0, 1)")):
+            if not ok:
+                raise ValueError(f"hydra.sweeper.{key}={value} must be {rule}")
         self.start, self.step, self.min_share = {k: float(v) for k, v in start.items()}, step, min_share
         self.max_drop_pts, self.iterations = max_drop_pts, iterations
         self.last_error = ""
