@@ -43,13 +43,14 @@ def _worker_init():
         import tvm.s_tir.tensor_intrin  # noqa: F401  (each build needs it; import it once per worker)
 
 
-def progress(cfg: Any, threads: int, budget: int):
+def progress(cfg: Any, threads: int, budget: int, batch: int | None = None):
     """A MetaSchedule builder with a persistent worker pool that logs progress and keeps build errors.
 
     TVM's LocalBuilder starts a fresh pool for every batch, and each worker's first build imports
     TVM's tensor intrinsics (~40 s here): most of a default tuning run was that start-up. This pool
     lives for the whole run and its workers import them the fast way; a worker is recycled after
-    ``RECYCLE_AFTER`` builds, which bounds the memory leak TVM restarts its pool for.
+    ``RECYCLE_AFTER`` builds, which bounds the memory leak TVM restarts its pool for. ``batch`` is how
+    many candidates a build call brings (MetaSchedule's ``trials_per_iter`` unless given).
     """
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
@@ -59,7 +60,7 @@ def progress(cfg: Any, threads: int, budget: int):
     )
     from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
-    batches = -(-budget // cfg.trials_per_iter)
+    batches = -(-budget // (batch or cfg.trials_per_iter))
 
     @derived_object
     class ProgressBuilder(PyBuilder):

@@ -134,7 +134,7 @@ def transfer(shipped: Path, fused, target, cfg: Any, work: Path, threads: int) -
         sch = Schedule(task.dispatched[0])
         shipped_record.trace.apply_to_schedule(sch, remove_postproc=False)
         todo.append((task, workload, sch, ms.arg_info.TensorInfo.from_prim_func(sch.mod["main"])))
-    pool = builder.progress(cfg, threads, len(todo))
+    pool = builder.progress(cfg, threads, len(todo), batch=len(todo))  # every shipped schedule in one build call
     try:
         built = pool.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch, _ in todo])
     finally:

@@ -204,11 +204,11 @@ def test_greedy_sweep_starts_proposes_and_keeps_its_pick(tmp_path, tiny_root, st
     assert set(it["proposals"]) == {"block3=0.75", "head=0.75"} and results["start"] == {"block3": 0.5, "head": 0.5}
     assert it["timing"].startswith("side by side")  # the candidates re-timed together, each trial's own speed-up kept beside
     assert all(m["trial_speedup"] == pytest.approx(by_name[f"greedy 1 {p}"].data.metrics["speedup"], abs=1e-4)  # MLflow: 4 decimals
-               for p, m in it["proposals"].items())
-    cur = it["current_speedup"]  # [point, 2.5 %, 97.5 %] from the side-by-side timing; the floor is off (100 pts)
+               and m["trial_noisy"] == bool(by_name[f"greedy 1 {p}"].data.metrics.get("bench_noisy", 0)) for p, m in it["proposals"].items())
+    cur = it["current_speedup"]  # {x: point, ci95: [low, high]} from the side-by-side timing; the floor is off (100 pts)
     if it["picked"] is not None:  # picked only when faster as selection.faster judges (tested on its own): at least these hold
         m = it["proposals"][it["picked"]]
-        assert not m["noisy"] and not it["current_noisy"] and m["speedup"][1] > cur[2] and m["speedup"][0] > cur[0] * 1.05
+        assert not m["noisy"] and not it["current_noisy"] and m["speedup"]["ci95"][0] > cur["ci95"][1] and m["speedup"]["x"] > cur["x"] * 1.05
     assert results["final"] == ({"block3": 0.5, "head": 0.5} if it["picked"] is None else {**results["start"], it["picked"].split("=")[0]: 0.75})
 
 

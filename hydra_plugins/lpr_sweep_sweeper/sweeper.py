@@ -184,7 +184,9 @@ class OptunaSweeper(Sweeper):
             return None
 
 
-SPEED = ("speedup", "speedup_ci_low", "speedup_ci_high")
+def speed(m: dict) -> dict:
+    """A speed-up as greedy_results.yaml writes it: the point and its 95 % interval, labelled."""
+    return {"x": m["speedup"], "ci95": [m["speedup_ci_low"], m["speedup_ci_high"]]}
 
 
 def prune_more(ratio: float, step: float) -> float:
@@ -290,13 +292,14 @@ class GreedySweeper(Sweeper):
             timing = self._side_by_side(current, results, sweep_dir)
             pick = choose(current, results, floor)
             history.append({"iteration": it, "from": dict(ratios), "conv_time_share": {s: round(v, 3) for s, v in share.items()},
-                            "timing": timing, "current_speedup": [current[k] for k in SPEED],
+                            "timing": timing, "current_speedup": speed(current),
                             "current_noisy": bool(current.get("bench_noisy", 0)),
                             "proposals": {p: None if m is None else {"val_accuracy": m["val_accuracy"],
                                                                      "val_drop_pts_ci_high": m.get("val_drop_pts_ci_high"),
-                                                                     "speedup": [m[k] for k in SPEED],
+                                                                     "speedup": speed(m),
                                                                      "noisy": bool(m.get("bench_noisy", 0)),
-                                                                     "trial_speedup": m.get("trial_speedup", m["speedup"])}
+                                                                     "trial_speedup": m.get("trial_speedup", m["speedup"]),
+                                                                     "trial_noisy": bool(m.get("trial_noisy", m.get("bench_noisy", 0)))}
                                           for p, m in results.items()}, "picked": pick})
             log.info("greedy %d: %s", it, f"picked {pick}" if pick else "no proposal is faster within the accuracy budget; stopping")
             if pick is not None:
@@ -328,6 +331,7 @@ class GreedySweeper(Sweeper):
             return "each trial's own process"
         for t in timed:
             m = todo[t.name]
-            m.setdefault("trial_speedup", m["speedup"])
+            m.setdefault("trial_speedup", m["speedup"])  # the trial's own timing, kept beside the side-by-side one
+            m.setdefault("trial_noisy", m.get("bench_noisy", 0))
             m.update({k: t.metrics[k] for k in final.FINAL_KEYS if k in t.metrics})
         return "side by side in one process (lpr_sweep.final)"
