@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         built = {n: pipeline.build(confs[n], root, calib, val, Path(tmp) / str(i), pipeline.Stages(n))
                  for i, n in enumerate(names)}
         rows = {n: (b.runtime, b.fp32_onnx, b.guard) for n, b in built.items()}
-        by_hand = peers.build(pipeline.weights_of(base, root), calib.images[: base.quant.calib_size], args.threads, Path(tmp) / "peers")
+        by_hand = peers.build(base.model.file(root), calib.images[: base.quant.calib_size], args.threads, Path(tmp) / "peers")
         rows.update({n: (p, by_hand[peers.PLAIN_ORT].path, None) for n, p in by_hand.items()})
         names = [*names[:3], *peers.NAMES, *names[3:]]
         x = benchmark.inputs(scored, 1)

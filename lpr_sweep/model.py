@@ -186,6 +186,11 @@ class ModelConfig:
     weights: str = "weights/Final_LPRNet_model.pth"  # relative to data.root unless absolute
     norm: str = "sample"  # sample | batch, see the module docstring
 
+    def file(self, root: Path) -> Path:
+        """The weights file: ``weights`` under the data root, unless it is absolute."""
+        weights = Path(self.weights)
+        return weights if weights.is_absolute() else root / weights
+
     def __post_init__(self):
         if self.norm not in NORMS:
             raise ConfigError(f"model.norm={self.norm!r} is not one of {NORMS}; use model.norm=sample")

@@ -141,38 +141,11 @@ def _export(conf: config.Config, weights: Path, prune_cfg: prune.PruneConfig, wo
         return ModelFile(net, Path(shutil.copy(folder / "model.onnx", workdir / "model.onnx"))), facts, key, hit
 
 
-def weights_of(conf: config.Config, root: Path) -> Path:
-    weights = Path(conf.model.weights)
-    return weights if weights.is_absolute() else root / weights
-
-
-def preflight(conf: config.Config) -> None:
-    """What a trial would otherwise find out only inside its MLflow run, left FAILED: the data root and
-    its checksums, the weights file, enough plates for the splits, a TVM target LLVM knows. Cheap: no
-    image is decoded, and hashing the 1,002 files takes about 30 ms."""
-    root = data.resolve_root(conf.data.root)
-    if conf.data.verify_checksums:
-        data.verify(root)
-    weights = weights_of(conf, root)
-    if not weights.is_file():
-        raise data.DataError(f"model.weights={conf.model.weights} is {weights}, which does not exist; point model.weights at "
-                             "LPRNet's .pth (relative to data.root, or absolute), or run `python -m lpr_sweep.download`")
-    data.split([f for f in data.read_manifest(root / data.MANIFEST) if f.startswith("images/")],
-               conf.data.calib_size, conf.data.seed, conf.data.val_size)
-    if conf.runtime.name == "tvm":
-        from lpr_sweep import compile
-
-        compile.target_of(conf.compile, hardware.threads(conf.hardware))
-    elif conf.compile.target != "auto":
-        log.warning("compile.target=%s is ignored: compile.* applies to runtime=tvm only (this trial runs %s)",
-                    conf.compile.target, conf.runtime.name)
-
-
 def reference(conf: config.Config, root: Path, workdir: Path) -> tuple[runtime.Runtime, str]:
     """What every trial is paired with: the unpruned, unquantized fp32 model (same norm) on the
     benchmark's reference runtime, with the trial's threads; and a line that says what it is."""
     name = conf.benchmark.reference_runtime(conf.hardware.device)
-    fp32, _, _, _ = _export(conf, weights_of(conf, root), prune.PruneConfig(), workdir, Stages("reference"))
+    fp32, _, _, _ = _export(conf, conf.model.file(root), prune.PruneConfig(), workdir, Stages("reference"))
     rt = runtime.build(name, fp32, conf.hardware, workdir)
     return rt, f"unpruned fp32 ONNX export (model.norm={conf.model.norm}) on {name}, hardware={conf.hardware.device}"
 
@@ -189,7 +162,7 @@ def build(conf: config.Config, root: Path, calib: data.Plates, val: data.Plates,
     workdir.mkdir(parents=True, exist_ok=True)
     if conf.finetune.enabled and teacher is None:
         teacher, _ = reference(conf, root, workdir / "reference")
-    fp32, facts, export_key, hit = _export(conf, weights_of(conf, root), conf.prune, workdir, stages, calib, teacher)
+    fp32, facts, export_key, hit = _export(conf, conf.model.file(root), conf.prune, workdir, stages, calib, teacher)
     hits = {"cache_hit_export": float(hit)}
     if "cache_hit_finetune" in facts:
         hits["cache_hit_finetune"] = float(facts["cache_hit_finetune"])
@@ -272,7 +245,7 @@ def _description(conf: config.Config, name: str) -> str:
 def run(cfg: DictConfig, workdir: Path | None = None) -> dict[str, float]:
     conf = config.validate(cfg)  # ranges first: a bad value costs nothing
     hardware.check(conf.hardware)
-    preflight(conf)
+    config.preflight(conf)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     config_hash = tracking.config_hash(resolved, data.identity(conf.data))
     name = _run_name(conf)

@@ -141,7 +141,7 @@ def test_trial_against_a_local_tracking_server(tmp_path, tiny_root, server):
 def test_unreachable_server_fails_the_sweep_at_once(tmp_path, tiny_root):
     t0 = time.time()
     done = cli("-m", "tracking=server", f"tracking.uri=http://127.0.0.1:{free_port()}", "tracking.request_timeout_s=2",
-               f"data.root={tiny_root}", "prune.ratio=0.1,0.2", f"hydra.sweep.dir={tmp_path}/s", timeout=300)
+               f"data.root={tiny_root}", *TINY, "prune.ratio=0.1,0.2", f"hydra.sweep.dir={tmp_path}/s", timeout=300)
     assert done.returncode != 0 and "is unreachable" in done.stderr and "start it" in done.stderr
     assert time.time() - t0 < 60
 

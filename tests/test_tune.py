@@ -163,7 +163,7 @@ def test_the_shipped_records_cover_every_task_of_every_tvm_presets_graph(real_ro
 
     def graph_key(name: str, *overrides: str):
         conf = config.validate(compose_cfg([f"optimization={name}", f"data.root={real_root}", "cache.enabled=false", *overrides]))
-        model_file, *_ = pipeline._export(conf, pipeline.weights_of(conf, real_root), conf.prune, tmp_path / name / "-".join(overrides),
+        model_file, *_ = pipeline._export(conf, conf.model.file(real_root), conf.prune, tmp_path / name / "-".join(overrides),
                                           pipeline.Stages(name))
         fused, _, _ = compile.graph(model_file.path, target, conf.compile.cpu_weight_prepack, conf.compile.layout)
         return fused, tune.graph_key(fused, conf.compile)

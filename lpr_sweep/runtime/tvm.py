@@ -15,7 +15,7 @@ import numpy as np
 
 from lpr_sweep import ConfigError, size
 from lpr_sweep import hardware as hw
-from lpr_sweep.compile import params_file
+from lpr_sweep.compile import params_file, target_of
 from lpr_sweep.model_file import ModelFile
 from lpr_sweep.runtime import register
 
@@ -30,6 +30,7 @@ class TvmRuntime:
     def check(conf: Any) -> None:
         if conf.model.norm == "batch":
             raise ConfigError("runtime=tvm compiles a batch-1 library, so model.norm=batch cannot see the batch; use model.norm=sample")
+        target_of(conf.compile, hw.threads(conf.hardware))  # a CPU name LLVM does not know, before any run
 
     def __init__(self, model_file: ModelFile, hardware: hw.HardwareConfig, workdir: Path):
         if model_file.format != "so":
