@@ -41,6 +41,13 @@ def _interrupt(signum: int, frame: Any) -> None:
     if _in_store(frame):
         signal.setitimer(signal.ITIMER_REAL, RETRY_S)  # SIGALRM brings us back here
         return
+    _raise()
+
+
+def _raise() -> None:
+    # A deferred signal's timer may still be pending when check_interrupted raises first; left armed,
+    # it would raise a second KeyboardInterrupt in the exit path (the process then dies by SIGINT).
+    signal.setitimer(signal.ITIMER_REAL, 0)
     _raised.append(True)
     raise KeyboardInterrupt(f"signal {_interrupted[0]}")
 
@@ -63,7 +70,7 @@ def handle_interrupts() -> None:
 def check_interrupted() -> None:
     """Raise again if a signal came and some library swallowed its KeyboardInterrupt."""
     if _interrupted:
-        raise KeyboardInterrupt(f"signal {_interrupted[0]}")
+        _raise()
 
 
 def received() -> str | None:

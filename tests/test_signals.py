@@ -66,3 +66,29 @@ def test_a_signal_during_a_store_write_waits_for_the_write_to_end():
     done = subprocess.run([sys.executable, "-c", STORE_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.splitlines() == ["write finished", "after the write", "raised: signal SIGTERM", "second ignored"], (
         done.stdout + done.stderr)
+
+
+CHECKED_SCRIPT = """
+import os, signal, time
+from lpr_sweep import signals
+signals.handle_interrupts()
+store = {}
+exec(compile('''
+def write():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.01)  # the write ends before the deferred signal looks again
+''', os.path.join(os.sep, "site-packages", "sqlalchemy", "orm", "session.py"), "exec"), {"os": os, "signal": signal, "time": time}, store)
+store["write"]()
+try:
+    signals.check_interrupted()  # the next stage boundary comes first
+except KeyboardInterrupt as e:
+    print("raised at the boundary:", e, flush=True)
+time.sleep(0.3)  # the deferred signal's timer must not raise a second time
+print("exited cleanly", flush=True)
+"""
+
+
+def test_a_deferred_signal_raised_at_a_stage_boundary_does_not_raise_again_later():
+    done = subprocess.run([sys.executable, "-c", CHECKED_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["raised at the boundary: signal SIGTERM", "exited cleanly"], done.stdout + done.stderr
+    assert done.returncode == 0
