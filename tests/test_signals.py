@@ -33,18 +33,29 @@ def test_a_signal_swallowed_by_a_callback_is_raised_again_without_a_traceback():
     assert "ValueError: not ours" in done.stderr  # anything else unraisable is still shown
 
 
-STORE_SCRIPT = """
+# A write() whose code says it is SQLAlchemy's, as a write inside MLflow's store would be: it sends
+# itself SIGTERM, then works on for {pause} s.
+STORE_WRITE = """
 import os, signal, time
 from lpr_sweep import signals
 signals.handle_interrupts()
-# A function whose code says it is SQLAlchemy's, as a write inside MLflow's store would be.
-store = {}
+store = {{}}
 exec(compile('''
 def write():
     os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(0.3)  # the signal arrives here, mid-write
+    time.sleep({pause})
     print("write finished", flush=True)
-''', os.path.join(os.sep, "site-packages", "sqlalchemy", "orm", "session.py"), "exec"), {"os": os, "signal": signal, "time": time, "print": print}, store)
+''', os.path.join(os.sep, "site-packages", "sqlalchemy", "orm", "session.py"), "exec"), {{"os": os, "signal": signal, "time": time, "print": print}}, store)
+"""
+
+
+def _run(pause: float, then: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", STORE_WRITE.format(pause=pause) + then], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_a_signal_during_a_store_write_waits_for_the_write_to_end():
+    done = _run(0.3, """
 try:
     store["write"]()
     print("after the write", flush=True)
@@ -59,36 +70,21 @@ try:
     print("second ignored", flush=True)
 except KeyboardInterrupt:
     print("raised twice", flush=True)
-"""
-
-
-def test_a_signal_during_a_store_write_waits_for_the_write_to_end():
-    done = subprocess.run([sys.executable, "-c", STORE_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=60)
+""")
     assert done.stdout.splitlines() == ["write finished", "after the write", "raised: signal SIGTERM", "second ignored"], (
         done.stdout + done.stderr)
 
 
-CHECKED_SCRIPT = """
-import os, signal, time
-from lpr_sweep import signals
-signals.handle_interrupts()
-store = {}
-exec(compile('''
-def write():
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(0.01)  # the write ends before the deferred signal looks again
-''', os.path.join(os.sep, "site-packages", "sqlalchemy", "orm", "session.py"), "exec"), {"os": os, "signal": signal, "time": time}, store)
-store["write"]()
+def test_a_deferred_signal_raised_at_a_stage_boundary_does_not_raise_again_later():
+    done = _run(0.01, """
+store["write"]()  # it ends before the deferred signal looks again
 try:
     signals.check_interrupted()  # the next stage boundary comes first
 except KeyboardInterrupt as e:
     print("raised at the boundary:", e, flush=True)
 time.sleep(0.3)  # the deferred signal's timer must not raise a second time
 print("exited cleanly", flush=True)
-"""
-
-
-def test_a_deferred_signal_raised_at_a_stage_boundary_does_not_raise_again_later():
-    done = subprocess.run([sys.executable, "-c", CHECKED_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.stdout.splitlines() == ["raised at the boundary: signal SIGTERM", "exited cleanly"], done.stdout + done.stderr
+""")
+    assert done.stdout.splitlines() == ["write finished", "raised at the boundary: signal SIGTERM", "exited cleanly"], (
+        done.stdout + done.stderr)
     assert done.returncode == 0
