@@ -62,7 +62,6 @@ def test_a_tvm_profile_times_every_kernel_and_vm_builtin_the_library_calls(tiny_
     assert set(kernels) == {"fused_conv2d_add_relu", "mean"}  # TinyConv: one conv (+ bias, relu), one mean
     assert kernels["fused_conv2d_add_relu"]["op_type"] == "fused_conv2d_add_relu" and all(r["us_per_call"] > 0 for r in kernels.values())
     assert any(r["op_type"].startswith("vm.builtin.alloc") for r in rows)  # the VM's own work is time too
-    assert kernels["fused_conv2d_add_relu"]["us_per_call"] > kernels["mean"]["us_per_call"]  # 1 M MACs against 19 k adds
 
 
 def test_runtimes_without_counters_give_no_profile_and_bad_settings_fail_in_one_line(split_onnx, tmp_path):

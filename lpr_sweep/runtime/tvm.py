@@ -57,7 +57,8 @@ class TvmRuntime:
         """Per-call times of every function the Relax VM calls (the compiled kernels and the VM's own
         builtins, such as allocations), from its instrument hook: a Python callback before and after
         each call. TVM's worker threads can fall asleep in the callback, so the sums run above the
-        call's p50 (docs/measured.md, "TVM records that transfer"): they rank ops, they do not time them."""
+        call's p50 (docs/measured.md, "TVM records that transfer"): they rank the large ops on a quiet host,
+        they do not time them (on a busy one a 1 M-MAC conv once showed less time than a small mean)."""
         from lpr_sweep import profile
 
         rt = cls(model_file, hardware, workdir)
